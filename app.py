@@ -1,0 +1,225 @@
+"""Composition root: configuration, database, services, blueprints and the `warden` CLI."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+from flask import Flask
+from flask import current_app
+from flask.cli import AppGroup, FlaskGroup, with_appcontext
+from sqlalchemy import Engine
+
+DEFAULT_RETENTION_DAYS = 30
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
+
+@dataclass
+class Warden:
+    """The services one app instance owns, reachable as `app.extensions["warden"]`."""
+
+    engine: Engine
+    ledger: object
+    policies: object
+    tokens: object
+    decisions: object
+
+    def authenticate(self, token: str | None):
+        """Return the caller a bearer token belongs to, or None."""
+        return self.tokens.check(token)
+
+
+def target_metadata():
+    """Return the metadata of every table, for Alembic and the schema test."""
+    import audit.models  # noqa: F401  (registers the tables)
+    import authz.models  # noqa: F401
+    from audit.db import Base
+
+    return Base.metadata
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Return a configured Warden app; `config` overrides the environment (tests use it)."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.json.sort_keys = False  # answers read in the order the contract lists their fields
+    _configure(app, config or {})
+    _configure_services(app)
+    _configure_http(app)
+    _configure_cli(app)
+    return app
+
+
+def _configure(app: Flask, overrides: dict) -> None:
+    env = os.environ
+    instance = Path(overrides.get("INSTANCE_PATH", app.instance_path))
+    app.config.update(
+        DATABASE_URL=env.get("WARDEN_DATABASE_URL") or f"sqlite:///{instance / 'warden.db'}",
+        KEY_DIR=env.get("WARDEN_KEY_DIR") or str(instance / "keys"),
+        RETENTION_DAYS=env.get("WARDEN_RETENTION_DAYS", DEFAULT_RETENTION_DAYS),
+        MODEL=env.get("WARDEN_MODEL"),
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+    )
+    app.config.update(overrides)
+    try:
+        days = int(app.config["RETENTION_DAYS"])
+    except (TypeError, ValueError):
+        raise click.UsageError(f"WARDEN_RETENTION_DAYS must be a whole number of days, "
+                               f"got {app.config['RETENTION_DAYS']!r}") from None
+    if days < 1:
+        raise click.UsageError("WARDEN_RETENTION_DAYS must be at least 1")
+    app.config["RETENTION_DAYS"] = days
+    if app.config["DATABASE_URL"].startswith("sqlite:///"):
+        Path(app.config["DATABASE_URL"].removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _model_text(path: str | None) -> str:
+    from authz.model_file import bundled_model_text, check_model
+
+    if not path:
+        return bundled_model_text()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise click.UsageError(f"WARDEN_MODEL: cannot read {path}: {exc.strerror}") from None
+    try:
+        check_model(text)
+    except ValueError as exc:
+        raise click.UsageError(f"WARDEN_MODEL {path}: {exc}") from None
+    return text
+
+
+def _configure_services(app: Flask) -> None:
+    from audit.db import make_engine
+    from audit.ledger import Ledger
+    from authz.decisions import DecisionService
+    from authz.policy_store import PolicyStore
+    from authz.tokens import TokenService
+
+    engine = make_engine(app.config["DATABASE_URL"])
+    ledger = Ledger(engine)
+    policies = PolicyStore(engine, ledger, _model_text(app.config["MODEL"]))
+    app.extensions["warden"] = Warden(
+        engine=engine, ledger=ledger, policies=policies, tokens=TokenService(engine, ledger),
+        decisions=DecisionService(engine, ledger, policies),
+    )
+
+
+def _configure_http(app: Flask) -> None:
+    import audit.web
+    from audit.api import bp as audit_bp
+    from authz.api import bp as authz_bp
+
+    audit.web.install(app)
+    app.register_blueprint(audit_bp)
+    app.register_blueprint(authz_bp)
+
+
+def _configure_cli(app: Flask) -> None:
+    from audit.cli import audit_cli
+    from authz.cli import policy_cli, token_cli
+
+    for command in (db_cli, audit_cli, policy_cli, token_cli, serve_command, demo_command):
+        app.cli.add_command(command)
+
+
+# --- commands that need the whole app -------------------------------------------------
+
+db_cli = AppGroup("db", help="The database schema (Alembic owns it).")
+
+
+@db_cli.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Alembic revision to reach.")
+def db_upgrade(revision: str) -> None:
+    """Create or migrate the schema to the newest revision."""
+    upgrade_database(current_app.config["DATABASE_URL"], revision)
+    click.echo(f"database at revision {revision}: {_safe_url(current_app.config['DATABASE_URL'])}")
+
+
+def upgrade_database(url: str, revision: str = "head") -> None:
+    """Run Alembic's upgrade against `url`."""
+    from alembic import command
+
+    from migrations import alembic_config
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _serve_options(f):
+    f = click.option("--host", default="127.0.0.1", show_default=True)(f)
+    f = click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))(f)
+    f = click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))(f)
+    f = click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
+                     help="PEM certificate; Warden then speaks TLS 1.3 only.")(f)
+    f = click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key.")(f)
+    return f
+
+
+@click.command("serve")
+@_serve_options
+def serve_command(host, port, workers, tls_cert, tls_key) -> None:
+    """Serve the HTTP API and pages with gunicorn."""
+    run_server(host, port, workers, tls_cert, tls_key)
+
+
+def run_server(host: str, port: int, workers: int, tls_cert: str | None, tls_key: str | None) -> None:
+    """Run gunicorn in the foreground; each worker builds its own app (and engine)."""
+    from gunicorn.app.base import BaseApplication
+
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    options = {"bind": f"{host}:{port}", "workers": workers, "accesslog": "-",
+               "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'}
+    if tls_cert:
+        options.update(certfile=tls_cert, keyfile=tls_key, ssl_context=_tls13_context)
+
+    class Server(BaseApplication):
+        def load_config(self):
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return create_app()
+
+    Server().run()
+
+
+def _tls13_context(config, default_ssl_context_factory):
+    """Gunicorn hook: the default context, refusing anything older than TLS 1.3."""
+    import ssl
+
+    context = default_ssl_context_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    return context
+
+
+@click.command("demo")
+@with_appcontext
+@_serve_options
+@click.option("--no-serve", is_flag=True, help="Prepare the demo and print the steps, but do not serve.")
+def demo_command(host, port, workers, tls_cert, tls_key, no_serve) -> None:
+    """Migrate, seed demo roles, policies and a service token, print the first steps, then serve."""
+    from authz.demo import demo_instructions, seed_demo
+
+    warden = current_app.extensions["warden"]
+    upgrade_database(current_app.config["DATABASE_URL"])
+    token = seed_demo(warden)
+    scheme = "https" if tls_cert else "http"
+    click.echo(demo_instructions(f"{scheme}://{host}:{port}", token, current_app.config["DATABASE_URL"]))
+    if not no_serve:
+        run_server(host, port, workers, tls_cert, tls_key)
+
+
+@click.group(cls=FlaskGroup, create_app=create_app, load_dotenv=False, set_debug_flag=False)
+def cli():
+    """Warden: access decisions with a tamper-evident audit ledger."""
+
+
+def main() -> None:
+    """Entry point of the `warden` console script."""
+    cli(prog_name="warden")

@@ -1,0 +1,32 @@
+"""The hash chain itself: canonical bytes of a record and the hash that links it."""
+
+import hashlib
+import json
+from datetime import datetime, timezone
+
+GENESIS_HASH = "0" * 64
+
+
+def canonical_json(value) -> str:
+    """Return `value` as canonical JSON: sorted keys, no spaces, UTF-8 text as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def record_body(seq: int, kind: str, time: datetime, data: dict) -> str:
+    """Return the canonical body of record `seq`; these exact bytes are hashed and stored."""
+    return canonical_json({"seq": seq, "kind": kind, "time": format_time(time), "data": data})
+
+
+def chain_hash(prev_hash: str, body: str) -> str:
+    """Return SHA-256(prev_hash || body) as hex, prev_hash taken as its 32 raw bytes."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + body.encode("utf-8")).hexdigest()
+
+
+def format_time(time: datetime) -> str:
+    """Return `time` as ISO 8601 in UTC with microseconds and a `Z`."""
+    return time.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware, in UTC."""
+    return datetime.now(timezone.utc)

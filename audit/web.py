@@ -1,0 +1,105 @@
+"""HTTP plumbing every blueprint shares: JSON errors, body parsing and the access gate.
+
+Deny by default: a view answers only if it declares who may call it, with
+`@requires_scope(...)` for service tokens or `@public` for the few open ones;
+the gate refuses every other request before the view runs.
+"""
+
+import json
+
+from flask import Flask, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+
+class ApiError(Exception):
+    """An error answered as `{"error": {"code", "message"}}` with `status`."""
+
+    def __init__(self, status: int, code: str, message: str, **extra):
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def error_response(status: int, code: str, message: str, **extra):
+    return jsonify({**extra, "error": {"code": code, "message": message}}), status
+
+
+def public(view):
+    """Mark `view` as open to anyone (health, metrics, pages with their own sign-in)."""
+    view.warden_public = True
+    return view
+
+
+def requires_scope(scope: str):
+    """Let only callers whose bearer token carries `scope` reach the view; `g.caller` names them."""
+    def decorate(view):
+        view.warden_scope = scope
+        return view
+    return decorate
+
+
+def _bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _gate():
+    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
+    if view is None or getattr(view, "warden_public", False):
+        return None  # unknown URLs fall through to a JSON 404
+    scope = getattr(view, "warden_scope", None)
+    caller = current_app.extensions["warden"].authenticate(_bearer_token())
+    if caller is None:
+        return error_response(401, "unauthorized", "a valid service token is required (Authorization: Bearer ...)")
+    if scope is None or scope not in caller.scopes:
+        return error_response(403, "forbidden", f"this token lacks the {scope!r} scope" if scope
+                              else "this endpoint admits no service token")
+    g.caller = caller
+    return None
+
+
+def read_json(max_depth: int = 8) -> dict:
+    """Return the request's JSON object, or raise ApiError 400 saying what is wrong with it."""
+    if not request.is_json:
+        raise ApiError(400, "bad_request", "send a JSON body with Content-Type: application/json")
+    raw = request.get_data(cache=True)
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "the body must be a JSON object")
+    if _depth(body) > max_depth:
+        raise ApiError(400, "bad_request", f"the body nests deeper than {max_depth} levels")
+    return body
+
+
+def _depth(value, level: int = 1) -> int:
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level
+
+
+def install(app: Flask) -> None:
+    """Put the access gate and JSON error handlers on `app`."""
+    app.before_request(_gate)
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, **exc.extra)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        message = exc.description or exc.name
+        if exc.code == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            message = f"the body is larger than the {limit} bytes this endpoint accepts"
+        return error_response(exc.code or 500, code, message)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "an internal error occurred; it was logged")

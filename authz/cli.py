@@ -1,0 +1,97 @@
+"""`warden policy ...` and `warden token ...`: administering decisions from a shell."""
+
+import getpass
+import sys
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from audit.db import READ_ONLY
+from authz.decider import Request
+from authz.rules import PolicyFileError, name_problem, parse_policy_csv, policy_to_csv
+from authz.tokens import SCOPES, TokenError
+
+policy_cli = AppGroup("policy", help="Load, export and try the Casbin policy.")
+token_cli = AppGroup("token", help="Service tokens for the HTTP API.")
+
+
+def _warden():
+    return current_app.extensions["warden"]
+
+
+def cli_actor() -> str:
+    """Who a CLI change is recorded as: the operating-system user running it."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:
+        return "cli:unknown"
+
+
+@policy_cli.command("load")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("--replace", is_flag=True, help="Make the file the whole policy (rows not in it are removed).")
+def policy_load(file, replace: bool) -> None:
+    """Load Casbin CSV rows (`p, ...` and `g, ...`); any bad row and nothing is loaded."""
+    try:
+        policy = parse_policy_csv(file.read())
+    except PolicyFileError as exc:
+        for line, message in exc.errors:
+            click.echo(f"{file.name}:{line}: {message}", err=True)
+        raise click.ClickException(f"{len(exc.errors)} bad row(s); nothing was loaded")
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{file.name} is not UTF-8 text; nothing was loaded") from None
+    change = _warden().policies.apply(policy, replace=replace, actor=cli_actor())
+    if not change.added and not change.removed:
+        click.echo(f"policy unchanged (version {change.version})")
+    else:
+        click.echo(f"added {change.added}, removed {change.removed} row(s); policy version {change.version}")
+
+
+@policy_cli.command("export")
+def policy_export() -> None:
+    """Print the stored policy as Casbin CSV."""
+    click.echo(policy_to_csv(_warden().policies.export()), nl=False)
+
+
+@policy_cli.command("check")
+@click.argument("subject")
+@click.argument("domain")
+@click.argument("object")
+@click.argument("action")
+@click.option("--workflow", default="", help="The workflow (purpose) of the access; none if omitted.")
+def policy_check(subject, domain, object, action, workflow) -> None:
+    """Say whether the policy allows a request, and why; exit 0 if allowed, 1 if denied.
+
+    A dry run: nothing is written to the ledger.
+    """
+    for value, what in ((subject, "subject"), (domain, "domain"), (object, "object"), (action, "action")):
+        if problem := name_problem(value, what):
+            raise click.BadParameter(problem, param_hint=what.upper())
+    if workflow and (problem := name_problem(workflow, "workflow")):
+        raise click.BadParameter(problem, param_hint="--workflow")
+    warden = _warden()
+    with warden.engine.connect().execution_options(**READ_ONLY) as conn:
+        snapshot = warden.policies.snapshot(conn)
+    decision = snapshot.decider.decide(Request(subject, domain, object, action, workflow))
+    click.echo(f"{'ALLOWED' if decision.allowed else 'DENIED'}: {decision.reason}")
+    for rule in decision.matched:
+        click.echo(f"  matched: p, {', '.join(rule)}")
+    click.echo(f"  policy version {snapshot.version}")
+    sys.exit(0 if decision.allowed else 1)
+
+
+@token_cli.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(SCOPES),
+              help="What the token may do; repeat for several.")
+@click.option("--rotate", is_flag=True, help="Replace the token of this name if it exists.")
+def token_create(name: str, scopes: tuple[str, ...], rotate: bool) -> None:
+    """Create a service token and print it once; only its hash is stored."""
+    try:
+        token = _warden().tokens.create(name, list(scopes), actor=cli_actor(), rotate=rotate)
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(token)
+    click.echo(f"token {name!r} with scope(s) {', '.join(sorted(set(scopes)))}; it is shown only this once.",
+               err=True)

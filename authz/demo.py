@@ -1,0 +1,48 @@
+"""The demo: roles, policies and a service token to try Warden with."""
+
+from importlib.resources import files
+
+from audit.db import READ_ONLY
+from authz.rules import parse_policy_csv
+
+DEMO_TOKEN_NAME = "demo"
+
+
+def seed_demo(warden) -> str:
+    """Load the demo policy if none is loaded yet and return a fresh demo service token."""
+    with warden.engine.connect().execution_options(**READ_ONLY) as conn:
+        version = warden.policies.version(conn)
+    if version == 0:
+        policy = parse_policy_csv(files("authz").joinpath("demo_policy.csv").read_text(encoding="utf-8"))
+        warden.policies.apply(policy, replace=False, actor="demo")
+    return warden.tokens.create(DEMO_TOKEN_NAME, ["authorize", "audit:read"], actor="demo", rotate=True)
+
+
+def demo_instructions(base_url: str, token: str, database_url: str) -> str:
+    """Return the text `warden demo` prints: where Warden is and what to try first."""
+    def curl(body: str) -> str:
+        return (f"curl -s {base_url}/v1/authorize -H 'Authorization: Bearer {token}' \\\n"
+                f"     -H 'Content-Type: application/json' \\\n     -d '{body}'")
+
+    allowed = ('{"subject": "alice", "domain": "prod", "object": "db/customers", "action": "read", '
+               '"context": {"workflow": "maintenance", "ticket": "OPS-12"}}')
+    denied = ('{"subject": "alice", "domain": "prod", "object": "db/customers", "action": "delete", '
+              '"context": {"workflow": "maintenance"}}')
+    return f"""
+Warden demo
+  API:        {base_url}   (health: {base_url}/healthz)
+  database:   {database_url}
+  token:      {token}
+              (service token "{DEMO_TOKEN_NAME}", scopes authorize + audit:read; shown once, new on every run)
+
+An allowed request (alice is an engineer; engineers read prod databases for maintenance):
+{curl(allowed)}
+
+A denied request (nothing grants delete):
+{curl(denied)}
+
+Then check the ledger from another terminal:
+  warden audit verify
+  warden policy export
+  warden policy check dave prod db/payments read --workflow maintenance
+"""

@@ -1,0 +1,123 @@
+"""Policies in the database: loading, replacing and exporting, each change audited.
+
+The store keeps a decider for the newest policy version it has seen; any
+process (a gunicorn worker, the CLI) notices another's change through the
+version row and rebuilds, so every worker decides with the committed policy.
+"""
+
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, delete, insert, select, update
+
+from audit.db import READ_ONLY
+from audit.ledger import Entry, Ledger
+from authz.decider import CasbinDecider, CompiledDecider
+from authz.models import PolicyRow, PolicyState
+from authz.rules import Policy, PolicyRule, RoleRule
+from authz.model_file import is_bundled_model
+
+_rows = PolicyRow.__table__
+_state = PolicyState.__table__
+_VALUES = ("v0", "v1", "v2", "v3", "v4", "v5")
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """What a load did: rows added and removed, and the version it produced."""
+
+    added: int
+    removed: int
+    version: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A policy version and the decider built for it."""
+
+    version: int
+    decider: CompiledDecider | CasbinDecider
+
+
+def _row_values(rule: PolicyRule | RoleRule) -> dict:
+    values = dict.fromkeys(_VALUES, "")
+    values.update(zip(_VALUES, rule.fields()))
+    return {"ptype": rule.ptype, **values}
+
+
+def _rule_from_row(row) -> PolicyRule | RoleRule:
+    if row.ptype == "p":
+        return PolicyRule(row.v0, row.v1, row.v2, row.v3, row.v4, row.v5)
+    return RoleRule(row.v0, row.v1, row.v2)
+
+
+class PolicyStore:
+    """Reads and changes the stored policy; hands out a decider for the current version."""
+
+    def __init__(self, engine: Engine, ledger: Ledger, model_text: str):
+        self.engine = engine
+        self.ledger = ledger
+        self.model_text = model_text
+        self._compiled = is_bundled_model(model_text)
+        self._snapshot: Snapshot | None = None
+        self._rebuild_lock = threading.Lock()
+
+    def read(self, conn: Connection) -> tuple[Policy, int]:
+        """Return the stored policy and its version as seen by `conn`."""
+        version = self.version(conn)
+        rules, roles = set(), set()
+        for row in conn.execute(select(_rows)):
+            rule = _rule_from_row(row)
+            (rules if isinstance(rule, PolicyRule) else roles).add(rule)
+        return Policy(frozenset(rules), frozenset(roles)), version
+
+    @staticmethod
+    def version(conn: Connection) -> int:
+        return conn.execute(select(_state.c.version).where(_state.c.id == 1)).scalar_one()
+
+    def snapshot(self, conn: Connection) -> Snapshot:
+        """Return the decider for the version `conn` sees, rebuilding it when the version moved."""
+        version = self.version(conn)
+        current = self._snapshot
+        if current is not None and current.version == version:
+            return current
+        with self._rebuild_lock:
+            current = self._snapshot
+            if current is None or current.version != version:
+                policy, version = self.read(conn)
+                decider = CompiledDecider(policy) if self._compiled else CasbinDecider(policy, self.model_text)
+                current = self._snapshot = Snapshot(version, decider)
+        return current
+
+    def apply(self, policy: Policy, *, replace: bool, actor: str) -> PolicyChange:
+        """Add `policy`'s rows (or make it the whole policy with `replace`), audited, in one transaction."""
+        with self.engine.begin() as conn:
+            conn.execute(select(_state.c.version).where(_state.c.id == 1).with_for_update()).scalar_one()
+            current, version = self.read(conn)
+            wanted = set(policy.rules) | set(policy.roles)
+            existing = set(current.rules) | set(current.roles)
+            added = sorted(wanted - existing, key=_sort_key)
+            removed = sorted(existing - wanted, key=_sort_key) if replace else []
+            if not added and not removed:
+                return PolicyChange(0, 0, version)
+            for rule in removed:
+                values = _row_values(rule)
+                conn.execute(delete(_rows).where(*(_rows.c[k] == v for k, v in values.items())))
+            if added:
+                conn.execute(insert(_rows), [_row_values(rule) for rule in added])
+            version += 1
+            conn.execute(update(_state).where(_state.c.id == 1).values(version=version))
+            self.ledger.append(conn, [Entry("policy.change", {
+                "actor": actor, "version": version, "replace": replace,
+                "added": [[r.ptype, *r.fields()] for r in added],
+                "removed": [[r.ptype, *r.fields()] for r in removed],
+            })])
+        return PolicyChange(len(added), len(removed), version)
+
+    def export(self) -> Policy:
+        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+            return self.read(conn)[0]
+
+
+def _sort_key(rule: PolicyRule | RoleRule) -> tuple:
+    return (rule.ptype, *rule.fields())

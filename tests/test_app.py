@@ -1,0 +1,69 @@
+"""The app factory: configuration from the environment, refused clearly when wrong."""
+
+import click
+import pytest
+
+from app import create_app
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in ("WARDEN_DATABASE_URL", "WARDEN_KEY_DIR", "WARDEN_MODEL", "WARDEN_RETENTION_DAYS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults_put_sqlite_and_keys_in_the_instance_folder(tmp_path):
+    app = create_app({"INSTANCE_PATH": str(tmp_path)})
+    assert app.config["DATABASE_URL"] == f"sqlite:///{tmp_path / 'warden.db'}"
+    assert app.config["KEY_DIR"] == str(tmp_path / "keys")
+    assert app.config["RETENTION_DAYS"] == 30
+
+
+def test_environment_names_from_the_design(tmp_path, monkeypatch):
+    monkeypatch.setenv("WARDEN_DATABASE_URL", f"sqlite:///{tmp_path / 'other.db'}")
+    monkeypatch.setenv("WARDEN_KEY_DIR", str(tmp_path / "k"))
+    monkeypatch.setenv("WARDEN_RETENTION_DAYS", "7")
+    app = create_app({"INSTANCE_PATH": str(tmp_path)})
+    assert app.config["DATABASE_URL"].endswith("other.db")
+    assert app.config["KEY_DIR"] == str(tmp_path / "k")
+    assert app.config["RETENTION_DAYS"] == 7
+
+
+@pytest.mark.parametrize("days", ["0", "-3", "thirty"])
+def test_bad_retention_is_refused(tmp_path, monkeypatch, days):
+    monkeypatch.setenv("WARDEN_RETENTION_DAYS", days)
+    with pytest.raises(click.UsageError, match="WARDEN_RETENTION_DAYS"):
+        create_app({"INSTANCE_PATH": str(tmp_path)})
+
+
+def test_missing_or_wrong_model_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WARDEN_MODEL", str(tmp_path / "none.conf"))
+    with pytest.raises(click.UsageError, match="cannot read"):
+        create_app({"INSTANCE_PATH": str(tmp_path)})
+    wrong = tmp_path / "wrong.conf"
+    wrong.write_text("[request_definition]\nr = sub, obj, act\n[policy_definition]\np = sub, obj, act\n"
+                     "[policy_effect]\ne = some(where (p.eft == allow))\n[matchers]\nm = r.sub == p.sub\n")
+    monkeypatch.setenv("WARDEN_MODEL", str(wrong))
+    with pytest.raises(click.UsageError, match="r = sub, dom, obj, act, wf"):
+        create_app({"INSTANCE_PATH": str(tmp_path)})
+
+
+def test_a_custom_model_decides_through_pycasbin(tmp_path, monkeypatch):
+    from app import upgrade_database
+    from authz.decider import CasbinDecider, Request
+    from authz.rules import parse_policy_csv
+
+    # Same request shape, but actions must match exactly (no `*` for any action).
+    model = tmp_path / "strict.conf"
+    from authz.model_file import bundled_model_text
+    model.write_text(bundled_model_text().replace('(p.act == "*" || r.act == p.act)', "r.act == p.act"))
+    monkeypatch.setenv("WARDEN_MODEL", str(model))
+    app = create_app({"INSTANCE_PATH": str(tmp_path)})
+    upgrade_database(app.config["DATABASE_URL"])
+    warden = app.extensions["warden"]
+    warden.policies.apply(parse_policy_csv("p, alice, *, db/*, *, *, allow\n"), replace=True, actor="test")
+    with warden.engine.begin() as conn:
+        snapshot = warden.policies.snapshot(conn)
+    assert isinstance(snapshot.decider, CasbinDecider)
+    assert snapshot.decider.decide(Request("alice", "prod", "db/x", "read")).allowed is False
+    warden.engine.dispose()
