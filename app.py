@@ -20,6 +20,8 @@ class Warden:
 
     engine: Engine
     ledger: object
+    signer: object
+    checkpoints: object
     policies: object
     tokens: object
     decisions: object
@@ -89,17 +91,21 @@ def _model_text(path: str | None) -> str:
 
 
 def _configure_services(app: Flask) -> None:
+    from audit.checkpoints import Checkpoints
     from audit.db import make_engine
     from audit.ledger import Ledger
+    from audit.signing import LedgerSigner
     from authz.decisions import DecisionService
     from authz.policy_store import PolicyStore
     from authz.tokens import TokenService
 
     engine = make_engine(app.config["DATABASE_URL"])
     ledger = Ledger(engine)
+    signer = LedgerSigner(app.config["KEY_DIR"])
     policies = PolicyStore(engine, ledger, _model_text(app.config["MODEL"]))
     app.extensions["warden"] = Warden(
-        engine=engine, ledger=ledger, policies=policies, tokens=TokenService(engine, ledger),
+        engine=engine, ledger=ledger, signer=signer, checkpoints=Checkpoints(engine, ledger, signer),
+        policies=policies, tokens=TokenService(engine, ledger),
         decisions=DecisionService(engine, ledger, policies),
     )
 

@@ -28,5 +28,16 @@ def healthz():
 @requires_scope("audit:read")
 def verify():
     """The verification report of the whole chain, as `warden audit verify --json` gives it."""
-    report = verify_ledger(current_app.extensions["warden"].engine)
+    warden = current_app.extensions["warden"]
+    report = verify_ledger(warden.engine, warden.signer)
     return jsonify(report.as_dict())
+
+
+@bp.get("/v1/audit/checkpoints/latest")
+@requires_scope("audit:read")
+def latest_checkpoint():
+    """The newest signed checkpoint, to keep outside the database; 404 before the first one."""
+    checkpoint = current_app.extensions["warden"].checkpoints.latest()
+    if checkpoint is None:
+        return error_response(404, "not_found", "no checkpoint has been made yet (warden audit checkpoint)")
+    return jsonify(checkpoint.as_dict())

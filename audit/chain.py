@@ -23,7 +23,9 @@ def chain_hash(prev_hash: str, body: str) -> str:
 
 
 def format_time(time: datetime) -> str:
-    """Return `time` as ISO 8601 in UTC with microseconds and a `Z`."""
+    """Return `time` as ISO 8601 in UTC with microseconds and a `Z` (naive times are taken as UTC)."""
+    if time.tzinfo is None:
+        time = time.replace(tzinfo=timezone.utc)
     return time.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -2,42 +2,76 @@
 
 import json
 import sys
+from pathlib import Path
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from audit.checkpoints import export_checkpoint, read_checkpoint_files
+from audit.signing import KeyDirError
 from audit.verify import verify_ledger
 
 audit_cli = AppGroup("audit", help="The tamper-evident audit ledger.")
 
 
+def _warden():
+    return current_app.extensions["warden"]
+
+
 def render_report(report) -> str:
     """Return a verification report as the lines a person reads."""
-    status = "INTACT" if report.ok else "FAILED"
-    lines = [f"Ledger verification: {status}",
-             f"  records checked: {report.checked}",
-             f"  chain head:      seq {report.head_seq}, hash {report.head_hash[:16]}..."]
+    lines = [f"Ledger verification: {'INTACT' if report.ok else 'FAILED'}",
+             f"  records checked:      {report.checked} (seq {report.start_seq}..{report.last_seq})",
+             f"  chain head:           seq {report.head_seq}, hash {report.head_hash[:16]}...",
+             f"  checkpoints matched:  {report.checkpoints_checked}"]
+    if report.sealed_through:
+        lines.append(f"  purged and sealed:    records 1..{report.sealed_through}")
+    if report.from_checkpoint is not None:
+        lines.append(f"  started after:        checkpoint at seq {report.from_checkpoint}")
     if report.first_failure:
         failure = report.first_failure
-        lines.append(f"  first failure:   seq {failure.seq} ({failure.kind}): {failure.message}")
+        lines.append(f"  first failure:        seq {failure.seq} ({failure.kind}): {failure.message}")
     return "\n".join(lines)
 
 
 @audit_cli.command("verify")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify_command(as_json: bool) -> None:
+@click.option("--from-checkpoint", is_flag=True, help="Check only what follows the newest signed checkpoint.")
+@click.option("--checkpoints", "external", type=click.Path(exists=True, path_type=Path),
+              help="Also hold the chain to checkpoints exported to this file or directory.")
+def verify_command(as_json: bool, from_checkpoint: bool, external: Path | None) -> None:
     """Walk the hash chain; exit 0 when intact, 1 naming the first broken record."""
-    warden = current_app.extensions["warden"]
+    warden = _warden()
+    try:
+        outside = read_checkpoint_files(external) if external else []
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     total = warden.ledger.head()[0]
-    show_bar = sys.stderr.isatty() and not as_json and total > 10000
-    with click.progressbar(length=total, label="verifying", file=sys.stderr,
-                           hidden=not show_bar) as bar:
-        last = [0]
+    show_bar = sys.stderr.isatty() and not as_json
+    with click.progressbar(length=total, label="verifying", file=sys.stderr, hidden=not show_bar) as bar:
+        done = [0]
 
-        def progress(done: int) -> None:
-            bar.update(done - last[0])
-            last[0] = done
-        report = verify_ledger(warden.engine, progress=progress)
+        def progress(checked: int) -> None:
+            bar.update(checked - done[0])
+            done[0] = checked
+        report = verify_ledger(warden.engine, warden.signer, external=outside,
+                               from_checkpoint=from_checkpoint, progress=progress)
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render_report(report))
     sys.exit(0 if report.ok else 1)
+
+
+@audit_cli.command("checkpoint")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Also write the checkpoint to this file, or into this directory, outside the database.")
+def checkpoint_command(out: Path | None) -> None:
+    """Sign the chain head (seq, hash) with the ledger key and store it."""
+    try:
+        checkpoint = _warden().checkpoints.create()
+    except KeyDirError as exc:
+        raise click.ClickException(str(exc)) from None
+    if checkpoint is None:
+        raise click.ClickException("the ledger is empty: nothing to checkpoint")
+    click.echo(f"checkpoint at seq {checkpoint.seq}, hash {checkpoint.hash}, key {checkpoint.key_id}")
+    if out:
+        click.echo(f"written to {export_checkpoint(checkpoint, out)}")

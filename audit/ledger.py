@@ -1,7 +1,7 @@
 """Appending to the ledger and reading it back, inside the caller's transaction or its own."""
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine, insert, select, update
@@ -12,14 +12,20 @@ from audit.models import LedgerHead, LedgerRecord
 
 _records = LedgerRecord.__table__
 _head = LedgerHead.__table__
+_NO_INDEX = dict.fromkeys(("decision_id", "subject", "domain", "object", "action", "allowed"))
 
 
 @dataclass(frozen=True)
 class Entry:
-    """What a caller wants recorded: a kind (`decision`, `policy.change`, ...) and its data."""
+    """What a caller wants recorded: a kind (`decision`, `policy.change`, ...) and its data.
+
+    `index` fills the searchable columns (decision_id, subject, domain, object,
+    action, allowed); the chain proves only `data`.
+    """
 
     kind: str
     data: dict
+    index: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -47,22 +53,26 @@ class Ledger:
         entries = list(entries)
         if not entries:
             return []
-        seq, head_hash = conn.execute(
-            select(_head.c.seq, _head.c.hash).where(_head.c.id == 1).with_for_update()
-        ).one()
+        seq, head_hash = self.lock_head(conn)
         now = utcnow()
         rows, appended = [], []
         for entry in entries:
             seq += 1
             body = record_body(seq, entry.kind, now, entry.data)
             record_hash = chain_hash(head_hash, body)
-            rows.append({"seq": seq, "prev_hash": head_hash, "hash": record_hash,
+            rows.append({**_NO_INDEX, **entry.index, "seq": seq, "prev_hash": head_hash, "hash": record_hash,
                          "kind": entry.kind, "created_at": now, "body": body})
             appended.append(Appended(seq, record_hash, now))
             head_hash = record_hash
         conn.execute(insert(_records), rows)
         conn.execute(update(_head).where(_head.c.id == 1).values(seq=seq, hash=head_hash))
         return appended
+
+    @staticmethod
+    def lock_head(conn: Connection) -> tuple[int, str]:
+        """Return the head's (seq, hash), locked until `conn`'s transaction ends (Postgres row lock;
+        on SQLite the transaction already holds the write lock)."""
+        return tuple(conn.execute(select(_head.c.seq, _head.c.hash).where(_head.c.id == 1).with_for_update()).one())
 
     def record(self, *entries: Entry) -> list[Appended]:
         """Append `entries` in a transaction of their own and return once it is committed."""
@@ -74,9 +84,24 @@ class Ledger:
         with self.engine.connect().execution_options(**READ_ONLY) as conn:
             return tuple(conn.execute(select(_head.c.seq, _head.c.hash).where(_head.c.id == 1)).one())
 
-    def records(self, conn: Connection, after_seq: int = 0) -> Iterator:
-        """Yield the stored rows with seq > `after_seq` in seq order, streamed."""
-        query = (select(_records.c.seq, _records.c.prev_hash, _records.c.hash, _records.c.kind, _records.c.body)
-                 .where(_records.c.seq > after_seq).order_by(_records.c.seq))
-        with conn.execution_options(yield_per=5000).execute(query) as result:
-            yield from result
+    def records(self, conn: Connection, after_seq: int = 0) -> Iterator[tuple]:
+        """Yield (seq, prev_hash, hash, kind, body) of rows with seq > `after_seq`, in seq order.
+
+        Streams through the driver's own cursor (a server-side one on Postgres):
+        verification reads every row, and this is its hot loop.
+        """
+        sql = ("SELECT seq, prev_hash, hash, kind, body FROM ledger_records "
+               "WHERE seq > %s ORDER BY seq" if conn.dialect.name == "postgresql" else
+               "SELECT seq, prev_hash, hash, kind, body FROM ledger_records WHERE seq > ? ORDER BY seq")
+        dbapi = conn.connection.dbapi_connection
+        if conn.dialect.name == "postgresql":
+            cursor = dbapi.cursor(name="warden_ledger_scan")
+            cursor.itersize = 20_000
+        else:
+            cursor = dbapi.cursor()
+        try:
+            cursor.execute(sql, (after_seq,))
+            while batch := cursor.fetchmany(20_000):
+                yield from batch
+        finally:
+            cursor.close()

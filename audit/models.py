@@ -2,16 +2,21 @@
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from audit.db import Base
 
 
 class LedgerRecord(Base):
-    """One audit record; `body` holds the exact canonical bytes that were hashed."""
+    """One audit record; `body` holds the exact canonical bytes that were hashed.
+
+    The columns after `body` repeat fields of decisions and outcomes so they can
+    be searched; the body is what the chain proves, and search results show it.
+    """
 
     __tablename__ = "ledger_records"
+    __table_args__ = (UniqueConstraint("kind", "decision_id", name="uq_ledger_records_kind_decision_id"),)
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -19,6 +24,12 @@ class LedgerRecord(Base):
     kind: Mapped[str] = mapped_column(String(40), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     body: Mapped[str] = mapped_column(Text)
+    decision_id: Mapped[str | None] = mapped_column(String(36), index=True, nullable=True)
+    subject: Mapped[str | None] = mapped_column(String(255), index=True, nullable=True)
+    domain: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    object: Mapped[str | None] = mapped_column(String(255), index=True, nullable=True)
+    action: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    allowed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class LedgerHead(Base):
@@ -30,3 +41,31 @@ class LedgerHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class LedgerCheckpoint(Base):
+    """A signed (seq, hash) of the chain head; the signature key lives outside the database."""
+
+    __tablename__ = "ledger_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    key_id: Mapped[str] = mapped_column(String(16))
+    signature: Mapped[str] = mapped_column(String(128))
+    statement: Mapped[str] = mapped_column(Text)
+
+
+class LedgerSeal(Base):
+    """A signed (seq, hash) of the last record a retention purge removed."""
+
+    __tablename__ = "ledger_seals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    key_id: Mapped[str] = mapped_column(String(16))
+    signature: Mapped[str] = mapped_column(String(128))
+    statement: Mapped[str] = mapped_column(Text)

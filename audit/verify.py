@@ -1,25 +1,35 @@
-"""Walking the chain and naming the first record that does not hold."""
+"""Walking the chain and naming the first record that does not hold.
 
-import json
-from contextlib import closing
+The report reads like CloudTrail's `validate-logs`: how many records were
+checked, from where, against how many signed checkpoints, and the first failure
+with its kind.
+"""
+
+import hashlib
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
-from audit.chain import GENESIS_HASH, chain_hash
+from audit.chain import GENESIS_HASH
+from audit.checkpoints import Checkpoints, Signed, statement_matches
 from audit.db import READ_ONLY
 from audit.ledger import Ledger
 from audit.models import LedgerHead
+from audit.signing import LedgerSigner
 
 # Kinds of failure, as `warden audit verify` names them.
-MODIFIED = "modified"          # the stored hash is not the hash of the stored bytes
-BROKEN_LINK = "broken_link"    # prev_hash is not the previous record's hash
-MISSING = "missing"            # a seq is absent (deleted records)
-OUT_OF_ORDER = "out_of_order"  # the body names another seq than its row (moved, swapped)
-UNREADABLE = "unreadable"      # the body is not the canonical JSON Warden wrote
-TAIL_CUT = "tail_cut"          # the head names records that are no longer there
-BEYOND_HEAD = "beyond_head"    # records after the head (appended outside Warden)
+MODIFIED = "modified"                # the stored hash is not the hash of the stored bytes
+BROKEN_LINK = "broken_link"          # prev_hash is not the previous record's hash
+MISSING = "missing"                  # a seq is absent (deleted records)
+OUT_OF_ORDER = "out_of_order"        # the body names another seq than its row (moved, swapped)
+UNREADABLE = "unreadable"            # the body is not a record Warden wrote
+TAIL_CUT = "tail_cut"                # the head or a checkpoint names records that are gone
+BEYOND_HEAD = "beyond_head"          # records after the head (appended outside Warden)
+REWRITTEN = "rewritten"              # the chain disagrees with a signed checkpoint
+BAD_CHECKPOINT = "bad_checkpoint_signature"
+BAD_SEAL = "bad_seal_signature"
 
 
 @dataclass(frozen=True)
@@ -33,80 +43,151 @@ class Failure:
 
 @dataclass
 class Report:
-    """What verification found: records checked, the head, and the first failure if any."""
+    """What verification found."""
 
     checked: int = 0
+    start_seq: int = 1
+    sealed_through: int = 0
+    last_seq: int = 0
     head_seq: int = 0
     head_hash: str = GENESIS_HASH
+    checkpoints_checked: int = 0
+    from_checkpoint: int | None = None
     first_failure: Failure | None = None
-    last_seq: int = 0
     ok: bool = field(init=False, default=True)
 
     def fail(self, seq: int, kind: str, message: str) -> "Report":
-        self.first_failure = Failure(seq, kind, message)
-        self.ok = False
+        if self.first_failure is None:
+            self.first_failure = Failure(seq, kind, message)
+            self.ok = False
         return self
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def verify_rows(rows: Iterable, head: tuple[int, str], *, start_seq: int = 1,
-                start_hash: str = GENESIS_HASH, progress: Callable[[int], None] | None = None) -> Report:
-    """Check `rows` (seq, prev_hash, hash, kind, body in seq order) link from `start_hash` to `head`."""
-    report = Report(head_seq=head[0], head_hash=head[1])
+def _seq_and_kind(body: str) -> tuple[int, str] | None:
+    # Only called on bodies whose hash verified, so they are Warden's canonical JSON:
+    # the top-level "kind" and "seq" follow "data", hence the last occurrence is theirs.
+    k, s = body.rfind(',"kind":"'), body.rfind(',"seq":')
+    if k < 0 or s < k:
+        return None
+    try:
+        return int(body[s + 7:body.index(",", s + 7)]), body[k + 9:body.index('"', k + 9)]
+    except ValueError:
+        return None
+
+
+def verify_rows(rows: Iterable, head: tuple[int, str], *, start_seq: int = 1, start_hash: str = GENESIS_HASH,
+                checkpoints: dict[int, str] | None = None, report: Report | None = None,
+                progress: Callable[[int], None] | None = None) -> Report:
+    """Check `rows` (seq, prev_hash, hash, kind, body in seq order) link from `start_hash` to `head`,
+    and agree with every checkpoint (seq -> hash) at or after `start_seq`."""
+    report = report or Report()
+    report.head_seq, report.head_hash, report.start_seq = head[0], head[1], start_seq
+    checkpoints = checkpoints or {}
     expected_seq, prev_hash = start_seq, start_hash
+    sha256, fromhex = hashlib.sha256, bytes.fromhex
+    last_checkpoint = start_seq - 1
     for seq, stored_prev, stored_hash, kind, body in rows:
         if seq != expected_seq:
-            if seq > expected_seq and expected_seq > report.head_seq:
-                return report.fail(seq, BEYOND_HEAD, f"record {seq} lies beyond the head ({report.head_seq}): "
-                                   "appended outside Warden")
-            if seq > expected_seq:
-                gap = f"record {expected_seq}" if seq == expected_seq + 1 else f"records {expected_seq}..{seq - 1}"
-                return report.fail(expected_seq, MISSING, f"{gap} missing: the chain jumps to {seq}")
-            return report.fail(seq, OUT_OF_ORDER, f"record {seq} appears after {expected_seq - 1}")
-        failure = _check_record(seq, stored_prev, stored_hash, kind, body, prev_hash)
-        if failure:
-            return report.fail(*failure)
+            if seq < expected_seq:
+                return report.fail(seq, OUT_OF_ORDER, f"record {seq} appears after {expected_seq - 1}")
+            gap = f"record {expected_seq}" if seq == expected_seq + 1 else f"records {expected_seq}..{seq - 1}"
+            return report.fail(expected_seq, MISSING, f"{gap} missing: the chain jumps to {seq}")
+        try:
+            intact = sha256(fromhex(stored_prev) + body.encode("utf-8")).hexdigest() == stored_hash
+        except (ValueError, TypeError, AttributeError):
+            intact = False
+        if not intact:
+            return report.fail(seq, MODIFIED, f"record {seq}'s contents do not match its hash: the record was edited")
+        parsed = _seq_and_kind(body)
+        if parsed is None:
+            return report.fail(seq, UNREADABLE, f"record {seq}'s body is not a Warden record")
+        if parsed[0] != seq:
+            return report.fail(seq, OUT_OF_ORDER, f"row {seq} holds the record hashed as {parsed[0]}: "
+                                                  "records were moved")
+        if stored_prev != prev_hash:
+            return report.fail(seq, BROKEN_LINK, f"record {seq}'s prev_hash does not match record {seq - 1}'s "
+                                                 f"hash: record {seq - 1} was rewritten, or record {seq}'s link "
+                                                 "was altered")
+        if parsed[1] != kind:
+            return report.fail(seq, MODIFIED, f"record {seq}'s kind column says {kind!r} but it was recorded "
+                                              f"as {parsed[1]!r}")
+        signed = checkpoints.get(seq)
+        if signed is not None:
+            if signed != stored_hash:
+                return report.fail(seq, REWRITTEN, f"record {seq} differs from the signed checkpoint at {seq}: "
+                                                   f"the chain was rewritten in records {last_checkpoint + 1}..{seq}")
+            report.checkpoints_checked += 1
+            last_checkpoint = seq
         if seq > report.head_seq:
             return report.fail(seq, BEYOND_HEAD, f"record {seq} lies beyond the head ({report.head_seq}): "
-                               "appended outside Warden")
+                                                 "appended outside Warden")
         report.checked += 1
         report.last_seq = seq
         prev_hash, expected_seq = stored_hash, seq + 1
         if progress and report.checked % 10000 == 0:
             progress(report.checked)
-    if expected_seq - 1 < report.head_seq:
-        return report.fail(expected_seq, TAIL_CUT, f"the head names record {report.head_seq} but the chain "
-                           f"ends at {expected_seq - 1}: records were cut from the tail")
-    if report.head_seq and prev_hash != report.head_hash:
+    end = expected_seq - 1
+    beyond = max((s for s in checkpoints if s > end), default=None)
+    if beyond is not None:
+        return report.fail(end + 1, TAIL_CUT, f"the chain ends at {end} but a signed checkpoint names record "
+                                              f"{beyond}: records after {end} were cut")
+    if end < report.head_seq:
+        return report.fail(end + 1, TAIL_CUT, f"the head names record {report.head_seq} but the chain ends at "
+                                              f"{end}: records were cut from the tail")
+    if report.head_seq and end == report.head_seq and prev_hash != report.head_hash:
         return report.fail(report.head_seq, MODIFIED, f"record {report.head_seq}'s hash differs from the head's")
     return report
 
 
-def _check_record(seq, stored_prev, stored_hash, kind, body, prev_hash):
-    try:
-        parsed = json.loads(body)
-        body_seq, body_kind = parsed["seq"], parsed["kind"]
-    except (ValueError, TypeError, KeyError):
-        return seq, UNREADABLE, f"record {seq}'s body is not a Warden record"
-    if chain_hash(stored_prev, body) != stored_hash:
-        return seq, MODIFIED, f"record {seq}'s contents do not match its hash: the record was edited"
-    if body_seq != seq:
-        return seq, OUT_OF_ORDER, f"row {seq} holds the record hashed as {body_seq}: records were moved"
-    if stored_prev != prev_hash:
-        return seq, BROKEN_LINK, (f"record {seq}'s prev_hash does not match record {seq - 1}'s hash: "
-                                  f"record {seq - 1} was rewritten, or record {seq}'s link was altered")
-    if body_kind != kind:
-        return seq, MODIFIED, f"record {seq}'s kind column says {kind!r} but it was recorded as {body_kind!r}"
-    return None
+def _valid(signed: Signed, kind: str, signer: LedgerSigner) -> bool:
+    return statement_matches(signed, kind) and signer.check(signed.statement.encode("utf-8"), signed.key_id,
+                                                            signed.signature)
 
 
-def verify_ledger(engine: Engine, progress: Callable[[int], None] | None = None) -> Report:
-    """Verify the whole stored chain against its head."""
+def verify_ledger(engine: Engine, signer: LedgerSigner, *, external: Iterable[Signed] = (),
+                  from_checkpoint: bool = False, progress: Callable[[int], None] | None = None) -> Report:
+    """Verify the stored chain from the latest seal (or the start) against its head and every checkpoint.
+
+    `external` adds checkpoints kept outside the database; `from_checkpoint` starts
+    after the newest valid checkpoint instead (an incremental run).
+    """
     ledger = Ledger(engine)
-    with engine.connect().execution_options(**READ_ONLY) as conn:
-        with conn.begin():
-            head = conn.execute(LedgerHead.__table__.select()).one()
-            with closing(ledger.records(conn)) as rows:  # stopping early must close the server cursor
-                return verify_rows(rows, (head.seq, head.hash), progress=progress)
+    report = Report()
+    with engine.connect().execution_options(**READ_ONLY) as conn, conn.begin():
+        head_table = LedgerHead.__table__
+        head = tuple(conn.execute(select(head_table.c.seq, head_table.c.hash)).one())
+        report.head_seq, report.head_hash = head
+        store = Checkpoints(engine, ledger, signer)
+        seals, signed = store.seals(conn), store.stored(conn) + list(external)
+        start_seq, start_hash = 1, GENESIS_HASH
+        if seals:
+            seal = seals[-1]
+            if not _valid(seal, "seal", signer):
+                return report.fail(seal.seq, BAD_SEAL, f"the purge seal through record {seal.seq} does not carry "
+                                                       "a valid signature: forged or altered")
+            start_seq, start_hash = seal.seq + 1, seal.hash
+            report.sealed_through = seal.seq
+        checkpoints: dict[int, str] = {}
+        for checkpoint in sorted(signed, key=lambda c: c.seq):
+            if not _valid(checkpoint, "checkpoint", signer):
+                return report.fail(checkpoint.seq, BAD_CHECKPOINT, f"the checkpoint at record {checkpoint.seq} "
+                                   "does not carry a valid signature: forged or altered")
+            if checkpoint.seq == start_seq - 1 and checkpoint.hash != start_hash:
+                return report.fail(checkpoint.seq, REWRITTEN, f"the purge seal and the checkpoint at "
+                                                              f"{checkpoint.seq} disagree")
+            if checkpoint.seq >= start_seq:
+                if checkpoints.get(checkpoint.seq, checkpoint.hash) != checkpoint.hash:
+                    return report.fail(checkpoint.seq, REWRITTEN, f"two signed checkpoints at {checkpoint.seq} "
+                                                                  "name different hashes")
+                checkpoints[checkpoint.seq] = checkpoint.hash
+        if from_checkpoint and checkpoints:
+            newest = max(checkpoints)
+            start_seq, start_hash = newest + 1, checkpoints[newest]
+            report.from_checkpoint = newest
+            report.checkpoints_checked = 1
+        with closing(ledger.records(conn, after_seq=start_seq - 1)) as rows:
+            return verify_rows(rows, head, start_seq=start_seq, start_hash=start_hash,
+                               checkpoints=checkpoints, report=report, progress=progress)

@@ -22,7 +22,7 @@ PG_HOWTO = ("Postgres tests skipped: set WARDEN_TEST_DATABASE_URL="
             "postgresql+psycopg://postgres@127.0.0.1:5432/warden_test (after `createdb warden_test`)")
 
 # Tables emptied between Postgres tests, children first.
-DATA_TABLES = ("ledger_records", "policy_rules", "service_tokens")
+DATA_TABLES = ("ledger_records", "ledger_checkpoints", "ledger_seals", "policy_rules", "service_tokens")
 
 
 def _postgres_or_skip() -> str:
@@ -55,6 +55,8 @@ def postgres_migrated():
 def reset_postgres(url: str) -> None:
     engine = make_engine(url)
     with engine.begin() as conn:
+        # As a superuser may: replica mode skips the ledger's append-only triggers.
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
         conn.execute(text(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY"))
         conn.execute(text("UPDATE ledger_head SET seq = 0, hash = :h"), {"h": GENESIS_HASH})
         conn.execute(text("UPDATE policy_state SET version = 0"))
@@ -120,6 +122,24 @@ def load_policy(warden):
 def auth(make_token):
     """Headers carrying a token with the `authorize` scope."""
     return {"Authorization": f"Bearer {make_token('authorize')}"}
+
+
+def tamper(engine, statement: str, **params) -> None:
+    """Run `statement` as an attacker with database superuser rights would: triggers off."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE ledger_records DISABLE TRIGGER USER"))
+        conn.execute(text(statement), params)
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE ledger_records ENABLE TRIGGER USER"))
+
+
+@pytest.fixture
+def verify(warden):
+    """Return a function verifying the app's ledger (keyword arguments go to verify_ledger)."""
+    from audit.verify import verify_ledger
+
+    return lambda **kwargs: verify_ledger(warden.engine, warden.signer, **kwargs)
 
 
 def ledger_rows(engine):

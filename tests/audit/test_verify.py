@@ -9,9 +9,8 @@ from sqlalchemy import text
 
 from audit.chain import GENESIS_HASH, chain_hash, record_body, utcnow
 from audit.ledger import Entry
-from audit.verify import (BEYOND_HEAD, BROKEN_LINK, MISSING, MODIFIED, OUT_OF_ORDER, TAIL_CUT,
-                          verify_ledger, verify_rows)
-from tests.conftest import ledger_rows
+from audit.verify import BEYOND_HEAD, BROKEN_LINK, MISSING, MODIFIED, OUT_OF_ORDER, TAIL_CUT, verify_rows
+from tests.conftest import ledger_rows, tamper
 
 
 @pytest.fixture
@@ -22,17 +21,15 @@ def chain(warden):
     return warden.engine
 
 
-def sql(engine, statement, **params):
-    with engine.begin() as conn:
-        conn.execute(text(statement), params)
+sql = tamper
 
 
-def test_a_fresh_chain_verifies(chain):
-    report = verify_ledger(chain)
+def test_a_fresh_chain_verifies(chain, verify):
+    report = verify()
     assert report.ok and report.checked == 10 and report.head_seq == 10
 
 
-def test_records_link_to_their_predecessor(chain):
+def test_records_link_to_their_predecessor(chain, verify):
     rows = ledger_rows(chain)
     assert rows[0].prev_hash == GENESIS_HASH
     for before, after in zip(rows, rows[1:]):
@@ -40,48 +37,48 @@ def test_records_link_to_their_predecessor(chain):
         assert after.hash == chain_hash(after.prev_hash, after.body)
 
 
-def test_the_exact_hashed_bytes_are_stored(chain):
+def test_the_exact_hashed_bytes_are_stored(chain, verify):
     row = ledger_rows(chain)[3]
     parsed = json.loads(row.body)
     assert json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False) == row.body
 
 
-def test_editing_a_field_is_found(chain):
+def test_editing_a_field_is_found(chain, verify):
     sql(chain, "UPDATE ledger_records SET body = replace(body, 'user-4', 'user-9') WHERE seq = 5")
-    failure = verify_ledger(chain).first_failure
+    failure = verify().first_failure
     assert (failure.seq, failure.kind) == (5, MODIFIED)
 
 
-def test_rewriting_a_record_with_a_fresh_hash_breaks_the_next_link(chain):
+def test_rewriting_a_record_with_a_fresh_hash_breaks_the_next_link(chain, verify):
     row = ledger_rows(chain)[4]
     body = row.body.replace("user-4", "user-9")
     sql(chain, "UPDATE ledger_records SET body = :b, hash = :h WHERE seq = 5", b=body,
         h=chain_hash(row.prev_hash, body))
-    failure = verify_ledger(chain).first_failure
+    failure = verify().first_failure
     assert (failure.seq, failure.kind) == (6, BROKEN_LINK)
     assert "record 5 was rewritten" in failure.message
 
 
-def test_deleting_a_record_is_found(chain):
+def test_deleting_a_record_is_found(chain, verify):
     sql(chain, "DELETE FROM ledger_records WHERE seq = 4")
-    failure = verify_ledger(chain).first_failure
+    failure = verify().first_failure
     assert (failure.seq, failure.kind) == (4, MISSING)
 
 
-def test_inserting_a_forged_record_is_found(chain):
+def test_inserting_a_forged_record_is_found(chain, verify):
     rows = ledger_rows(chain)
     sql(chain, "DELETE FROM ledger_records WHERE seq >= 7")
     body = record_body(7, "test", utcnow(), {"n": 99, "who": "forged"})
     sql(chain, "INSERT INTO ledger_records (seq, prev_hash, hash, kind, created_at, body) "
                "VALUES (7, :p, :h, 'test', :t, :b)", p=rows[5].hash, h=chain_hash(rows[5].hash, body),
         t=utcnow(), b=body)
-    report = verify_ledger(chain)
+    report = verify()
     # The forged record is self-consistent; what gives it away is that the chain no longer reaches the head.
     assert report.first_failure.kind in (TAIL_CUT, MODIFIED)
     assert report.first_failure.seq in (8, 10)
 
 
-def test_swapping_two_records_is_found(chain):
+def test_swapping_two_records_is_found(chain, verify):
     rows = ledger_rows(chain)
     a, b = rows[2], rows[3]
     sql(chain, "DELETE FROM ledger_records WHERE seq IN (3, 4)")
@@ -89,23 +86,23 @@ def test_swapping_two_records_is_found(chain):
         sql(chain, "INSERT INTO ledger_records (seq, prev_hash, hash, kind, created_at, body) "
                    "VALUES (:s, :p, :h, :k, :t, :b)", s=seq, p=row.prev_hash, h=row.hash, k=row.kind,
             t=utcnow(), b=row.body)
-    failure = verify_ledger(chain).first_failure
+    failure = verify().first_failure
     assert (failure.seq, failure.kind) == (3, OUT_OF_ORDER)
 
 
-def test_cutting_the_tail_is_found(chain):
+def test_cutting_the_tail_is_found(chain, verify):
     sql(chain, "DELETE FROM ledger_records WHERE seq > 7")
-    failure = verify_ledger(chain).first_failure
+    failure = verify().first_failure
     assert (failure.seq, failure.kind) == (8, TAIL_CUT)
 
 
-def test_appending_outside_warden_is_found(chain):
+def test_appending_outside_warden_is_found(chain, verify):
     rows = ledger_rows(chain)
     body = record_body(11, "test", utcnow(), {"n": 11})
     sql(chain, "INSERT INTO ledger_records (seq, prev_hash, hash, kind, created_at, body) "
                "VALUES (11, :p, :h, 'test', :t, :b)", p=rows[-1].hash, h=chain_hash(rows[-1].hash, body),
         t=utcnow(), b=body)
-    failure = verify_ledger(chain).first_failure
+    failure = verify().first_failure
     assert (failure.seq, failure.kind) == (11, BEYOND_HEAD)
 
 
@@ -115,7 +112,7 @@ def test_cli_verify_exit_codes_and_json(chain, runner):
     sql(chain, "UPDATE ledger_records SET body = replace(body, 'user-2', 'user-0') WHERE seq = 3")
     result = runner.invoke(args=["audit", "verify"])
     assert result.exit_code == 1
-    assert "first failure:   seq 3 (modified)" in result.output
+    assert "first failure:        seq 3 (modified)" in result.output
     result = runner.invoke(args=["audit", "verify", "--json"])
     assert result.exit_code == 1
     report = json.loads(result.output)

@@ -5,7 +5,6 @@ import json
 import pytest
 from sqlalchemy import text
 
-from audit.verify import verify_ledger
 from tests.conftest import ledger_rows
 
 POLICY = """
@@ -258,7 +257,7 @@ def mend_ledger(engine):
     ("/v1/authorize/batch", {"requests": [ALLOWED, ALLOWED]}, "decisions"),
     ("/access/v1/evaluation", AUTHZEN, "decision"),
 ])
-def test_no_durable_record_means_deny_with_503(client, auth, warden, path, body, field):
+def test_no_durable_record_means_deny_with_503(client, auth, warden, verify, path, body, field):
     before = ledger_rows(warden.engine)
     break_ledger(warden.engine)
     try:
@@ -273,7 +272,7 @@ def test_no_durable_record_means_deny_with_503(client, auth, warden, path, body,
     else:
         assert answer[field] is False
     assert ledger_rows(warden.engine) == before
-    assert verify_ledger(warden.engine).ok
+    assert verify().ok
     assert client.post("/v1/authorize", json=ALLOWED, headers=auth).get_json()["allowed"] is True
 
 
