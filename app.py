@@ -24,6 +24,7 @@ class Warden:
     checkpoints: object
     policies: object
     tokens: object
+    committer: object
     decisions: object
 
     def authenticate(self, token: str | None):
@@ -93,6 +94,7 @@ def _model_text(path: str | None) -> str:
 def _configure_services(app: Flask) -> None:
     from audit.checkpoints import Checkpoints
     from audit.db import make_engine
+    from audit.group_commit import GroupCommitter
     from audit.ledger import Ledger
     from audit.signing import LedgerSigner
     from authz.decisions import DecisionService
@@ -103,10 +105,11 @@ def _configure_services(app: Flask) -> None:
     ledger = Ledger(engine)
     signer = LedgerSigner(app.config["KEY_DIR"])
     policies = PolicyStore(engine, ledger, _model_text(app.config["MODEL"]))
+    committer = GroupCommitter(engine, ledger)
     app.extensions["warden"] = Warden(
         engine=engine, ledger=ledger, signer=signer, checkpoints=Checkpoints(engine, ledger, signer),
         policies=policies, tokens=TokenService(engine, ledger),
-        decisions=DecisionService(engine, ledger, policies),
+        committer=committer, decisions=DecisionService(committer, policies),
     )
 
 
@@ -159,7 +162,10 @@ def _safe_url(url: str) -> str:
 def _serve_options(f):
     f = click.option("--host", default="127.0.0.1", show_default=True)(f)
     f = click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))(f)
-    f = click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))(f)
+    f = click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
+                     help="Worker processes.")(f)
+    f = click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
+                     help="Threads per worker; concurrent decisions share one ledger commit.")(f)
     f = click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
                      help="PEM certificate; Warden then speaks TLS 1.3 only.")(f)
     f = click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key.")(f)
@@ -168,18 +174,20 @@ def _serve_options(f):
 
 @click.command("serve")
 @_serve_options
-def serve_command(host, port, workers, tls_cert, tls_key) -> None:
+def serve_command(host, port, workers, threads, tls_cert, tls_key) -> None:
     """Serve the HTTP API and pages with gunicorn."""
-    run_server(host, port, workers, tls_cert, tls_key)
+    run_server(host, port, workers, threads, tls_cert, tls_key)
 
 
-def run_server(host: str, port: int, workers: int, tls_cert: str | None, tls_key: str | None) -> None:
+def run_server(host: str, port: int, workers: int, threads: int, tls_cert: str | None,
+               tls_key: str | None) -> None:
     """Run gunicorn in the foreground; each worker builds its own app (and engine)."""
     from gunicorn.app.base import BaseApplication
 
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    options = {"bind": f"{host}:{port}", "workers": workers, "accesslog": "-",
+    options = {"bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": "gthread",
+               "accesslog": "-",
                "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'}
     if tls_cert:
         options.update(certfile=tls_cert, keyfile=tls_key, ssl_context=_tls13_context)
@@ -208,7 +216,7 @@ def _tls13_context(config, default_ssl_context_factory):
 @with_appcontext
 @_serve_options
 @click.option("--no-serve", is_flag=True, help="Prepare the demo and print the steps, but do not serve.")
-def demo_command(host, port, workers, tls_cert, tls_key, no_serve) -> None:
+def demo_command(host, port, workers, threads, tls_cert, tls_key, no_serve) -> None:
     """Migrate, seed demo roles, policies and a service token, print the first steps, then serve."""
     from authz.demo import demo_instructions, seed_demo
 
@@ -218,7 +226,7 @@ def demo_command(host, port, workers, tls_cert, tls_key, no_serve) -> None:
     scheme = "https" if tls_cert else "http"
     click.echo(demo_instructions(f"{scheme}://{host}:{port}", token, current_app.config["DATABASE_URL"]))
     if not no_serve:
-        run_server(host, port, workers, tls_cert, tls_key)
+        run_server(host, port, workers, threads, tls_cert, tls_key)
 
 
 @click.group(cls=FlaskGroup, create_app=create_app, load_dotenv=False, set_debug_flag=False)

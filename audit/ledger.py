@@ -43,17 +43,19 @@ class Ledger:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def append(self, conn: Connection, entries: Iterable[Entry]) -> list[Appended]:
+    def append(self, conn: Connection, entries: Iterable[Entry], head: tuple[int, str] | None = None
+               ) -> list[Appended]:
         """Chain `entries` after the head inside `conn`'s open transaction.
 
         The head row is locked until that transaction ends, so concurrent writers
         queue behind it and the chain never forks; the records are durable only
-        once the caller commits.
+        once the caller commits. Pass `head` when `lock_head` already ran in this
+        transaction.
         """
         entries = list(entries)
         if not entries:
             return []
-        seq, head_hash = self.lock_head(conn)
+        seq, head_hash = head if head is not None else self.lock_head(conn)
         now = utcnow()
         rows, appended = [], []
         for entry in entries:
@@ -64,7 +66,7 @@ class Ledger:
                          "kind": entry.kind, "created_at": now, "body": body})
             appended.append(Appended(seq, record_hash, now))
             head_hash = record_hash
-        conn.execute(insert(_records), rows)
+        _insert_records(conn, rows)
         conn.execute(update(_head).where(_head.c.id == 1).values(seq=seq, hash=head_hash))
         return appended
 
@@ -105,3 +107,20 @@ class Ledger:
                 yield from batch
         finally:
             cursor.close()
+
+
+_COLUMNS = ("seq", "prev_hash", "hash", "kind", "created_at", "body",
+            "decision_id", "subject", "domain", "object", "action", "allowed")
+
+
+def _insert_records(conn: Connection, rows: list[dict]) -> None:
+    # The hot path of every decision: on Postgres a COPY into the table is several
+    # times cheaper than a multi-row INSERT through the ORM's parameter machinery.
+    if conn.dialect.name == "postgresql" and len(rows) > 1:
+        cursor = conn.connection.dbapi_connection.cursor()
+        with cursor.copy(f"COPY ledger_records ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[c] for c in _COLUMNS])
+        cursor.close()
+    else:
+        conn.execute(insert(_records), rows)

@@ -20,11 +20,11 @@ class LedgerRecord(Base):
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hash: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(40), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     body: Mapped[str] = mapped_column(Text)
-    decision_id: Mapped[str | None] = mapped_column(String(36), index=True, nullable=True)
+    decision_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     subject: Mapped[str | None] = mapped_column(String(255), index=True, nullable=True)
     domain: Mapped[str | None] = mapped_column(String(255), nullable=True)
     object: Mapped[str | None] = mapped_column(String(255), index=True, nullable=True)

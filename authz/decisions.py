@@ -4,9 +4,8 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from sqlalchemy import Engine
-
-from audit.ledger import Entry, Ledger
+from audit.group_commit import CommitFailed, GroupCommitter
+from audit.ledger import Entry
 from authz.decider import Decision
 from authz.policy_store import PolicyStore
 from authz.requests import AuthorizeRequest
@@ -21,9 +20,8 @@ class AuditUnavailable(Exception):
 class DecisionService:
     """Decides requests and returns them only once their ledger records are committed."""
 
-    def __init__(self, engine: Engine, ledger: Ledger, policies: PolicyStore):
-        self.engine = engine
-        self.ledger = ledger
+    def __init__(self, committer: GroupCommitter, policies: PolicyStore):
+        self.committer = committer
         self.policies = policies
 
     def authorize(self, requests: list[AuthorizeRequest], *, service: str, request_id: str,
@@ -35,26 +33,36 @@ class DecisionService:
         Raises AuditUnavailable when the records cannot be committed: then nothing
         was decided as far as any caller knows.
         """
+        def prepare(conn, memo):
+            # Decided inside the commit's transaction: under the policy version it commits with.
+            snapshot = memo.get("policy") or memo.setdefault("policy", self.policies.snapshot(conn))
+            decided = []
+            for item in requests:
+                decision = snapshot.decider.decide(item.request)
+                decided.append((item, decision, str(uuid.uuid4())))
+                if stop is not None and stop(decision):
+                    break
+            entries = [_entry(item, decision, decision_id, service, request_id, snapshot.version)
+                       for item, decision, decision_id in decided]
+            return entries, (snapshot, decided)
+
         try:
-            with self.engine.begin() as conn:
-                snapshot = self.policies.snapshot(conn)
-                decided = []
-                for item in requests:
-                    decision = snapshot.decider.decide(item.request)
-                    decided.append((item, decision, str(uuid.uuid4())))
-                    if stop is not None and stop(decision):
-                        break
-                entries = [Entry("decision", _record(item, decision, decision_id, service, request_id,
-                                                     snapshot.version))
-                           for item, decision, decision_id in decided]
-                appended = self.ledger.append(conn, entries)
-        except Exception as exc:  # any failure to commit is a failure to audit
-            log.error("ledger append failed, denying %d request(s): %s", len(requests), type(exc).__name__)
+            appended, (snapshot, decided) = self.committer.submit(prepare)
+        except CommitFailed as exc:
+            log.error("ledger append failed, denying %d request(s): %s", len(requests), exc)
             raise AuditUnavailable(str(exc)) from exc
         return [{"allowed": decision.allowed, "decision_id": decision_id, "audit_seq": record.seq,
                  "policy_version": snapshot.version, "reason": decision.reason,
                  "matched": decision.matched, "review": None}
                 for (item, decision, decision_id), record in zip(decided, appended)]
+
+
+def _entry(item: AuthorizeRequest, decision: Decision, decision_id: str, service: str,
+           request_id: str, version: int) -> Entry:
+    request = item.request
+    index = {"decision_id": decision_id, "subject": request.subject, "domain": request.domain,
+             "object": request.object, "action": request.action, "allowed": decision.allowed}
+    return Entry("decision", _record(item, decision, decision_id, service, request_id, version), index)
 
 
 def _record(item: AuthorizeRequest, decision: Decision, decision_id: str, service: str,

@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, insert, select, update
@@ -36,11 +37,17 @@ def _digest(token: str) -> str:
 
 
 class TokenService:
-    """Issues and checks service tokens; every issue is audited (never the token itself)."""
+    """Issues and checks service tokens; every issue is audited (never the token itself).
 
-    def __init__(self, engine: Engine, ledger: Ledger):
+    A valid token is remembered for `cache_seconds` so the decision path does not
+    query for it on every request; a rotation reaches other processes within that time.
+    """
+
+    def __init__(self, engine: Engine, ledger: Ledger, cache_seconds: float = 2.0):
         self.engine = engine
         self.ledger = ledger
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Caller]] = {}
 
     def create(self, name: str, scopes: list[str], *, actor: str, rotate: bool = False) -> str:
         """Return a new token for `name` with `scopes`; shown once, only its hash is kept.
@@ -68,6 +75,7 @@ class TokenService:
                 conn.execute(update(_tokens).where(_tokens.c.id == exists).values(**values))
             self.ledger.append(conn, [Entry("token.rotate" if exists else "token.create",
                                             {"actor": actor, "name": name, "scopes": sorted(set(scopes))})])
+        self._cache.clear()
         return token
 
     def check(self, token: str | None) -> Caller | None:
@@ -75,9 +83,16 @@ class TokenService:
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
         digest = _digest(token)
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         with self.engine.connect().execution_options(**READ_ONLY) as conn:
             row = conn.execute(select(_tokens.c.name, _tokens.c.token_hash, _tokens.c.scopes)
                                .where(_tokens.c.token_hash == digest, _tokens.c.revoked_at.is_(None))).first()
         if row is None or not hmac.compare_digest(row.token_hash, digest):
             return None
-        return Caller(row.name, frozenset(row.scopes.split()))
+        caller = Caller(row.name, frozenset(row.scopes.split()))
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (time.monotonic() + self.cache_seconds, caller)
+        return caller

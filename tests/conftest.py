@@ -82,6 +82,7 @@ def app(database_url, tmp_path, monkeypatch):
     app = create_app({"TESTING": True, "DATABASE_URL": database_url, "INSTANCE_PATH": str(tmp_path),
                       "KEY_DIR": str(tmp_path / "keys")})
     yield app
+    app.extensions["warden"].committer.close()
     app.extensions["warden"].engine.dispose()
 
 

@@ -26,7 +26,6 @@ def upgrade() -> None:
         sa.Column("body", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_ledger_records")),
         sa.UniqueConstraint("prev_hash", name=op.f("uq_ledger_records_prev_hash")),
-        sa.UniqueConstraint("hash", name=op.f("uq_ledger_records_hash")),
     )
     op.create_index(op.f("ix_ledger_records_kind"), "ledger_records", ["kind"])
     op.create_index(op.f("ix_ledger_records_created_at"), "ledger_records", ["created_at"])

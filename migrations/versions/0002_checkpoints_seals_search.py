@@ -51,7 +51,6 @@ def upgrade() -> None:
         batch.add_column(sa.Column("object", sa.String(255), nullable=True))
         batch.add_column(sa.Column("action", sa.String(255), nullable=True))
         batch.add_column(sa.Column("allowed", sa.Boolean(), nullable=True))
-        batch.create_index(batch.f("ix_ledger_records_decision_id"), ["decision_id"])
         batch.create_index(batch.f("ix_ledger_records_subject"), ["subject"])
         batch.create_index(batch.f("ix_ledger_records_object"), ["object"])
         batch.create_unique_constraint(batch.f("uq_ledger_records_kind_decision_id"), ["kind", "decision_id"])
@@ -72,7 +71,6 @@ def downgrade() -> None:
         batch.drop_constraint(batch.f("uq_ledger_records_kind_decision_id"), type_="unique")
         batch.drop_index(batch.f("ix_ledger_records_object"))
         batch.drop_index(batch.f("ix_ledger_records_subject"))
-        batch.drop_index(batch.f("ix_ledger_records_decision_id"))
         for column in ("allowed", "action", "object", "domain", "subject", "decision_id"):
             batch.drop_column(column)
     op.drop_index(op.f("ix_ledger_seals_seq"), table_name="ledger_seals")

@@ -1,0 +1,112 @@
+"""Group commit: concurrent appends in one process share a transaction, and each still waits for it.
+
+A per-record lock-and-commit costs one fsync per record. Here callers hand a
+`prepare` function to a single writer thread; it takes everything queued, holds
+the chain head lock, runs each `prepare` inside one transaction, appends all the
+entries and commits once. Each caller's call returns only after that commit, so
+no answer is given before its record is durable; a failed commit fails every
+caller in the batch.
+"""
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from audit.ledger import Appended, Entry, Ledger
+
+# prepare(conn, memo) -> (entries to append, anything to hand back to the caller).
+# `memo` is shared by the batch: a place to read something once per transaction.
+Prepare = Callable[[Connection, dict], tuple[list[Entry], Any]]
+
+
+class Refused(Exception):
+    """Raised by a `prepare` to refuse its own request without failing the batch (e.g. 404, 409)."""
+
+
+class CommitFailed(Exception):
+    """The batch could not be committed; nothing of it is in the ledger."""
+
+
+class GroupCommitter:
+    """A writer thread that batches appends; `submit` blocks until the caller's records are committed."""
+
+    def __init__(self, engine: Engine, ledger: Ledger, max_batch: int = 512, timeout: float = 30.0):
+        self.engine = engine
+        self.ledger = ledger
+        self.max_batch = max_batch
+        self.timeout = timeout
+        self._pending: deque[tuple[Prepare, Future]] = deque()
+        self._wake = threading.Condition()
+        self._owner_pid = None
+        self._closed = False
+        self.batches = 0  # committed batches, for tests and metrics
+
+    def submit(self, prepare: Prepare) -> tuple[list[Appended], Any]:
+        """Run `prepare` in the next batch and return (its records, its result) once committed.
+
+        Raises Refused when `prepare` refused, CommitFailed when the batch did not commit.
+        """
+        future: Future = Future()
+        with self._wake:
+            if self._closed:
+                raise CommitFailed("the ledger writer is closed")
+            self._ensure_writer()
+            self._pending.append((prepare, future))
+            self._wake.notify()
+        try:
+            return future.result(timeout=self.timeout)
+        except TimeoutError:
+            raise CommitFailed(f"no commit within {self.timeout:.0f}s") from None
+
+    def _ensure_writer(self) -> None:
+        if self._owner_pid != os.getpid():  # first use, or a forked child: threads do not survive fork
+            self._owner_pid = os.getpid()
+            self._pending.clear()
+            threading.Thread(target=self._run, name="warden-ledger-writer", daemon=True).start()
+
+    def close(self) -> None:
+        """Let the writer thread finish what is queued and stop."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self._closed:
+                    self._wake.wait()
+                if self._closed and not self._pending:
+                    return
+                batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.max_batch))]
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Prepare, Future]]) -> None:
+        done: list[tuple[Future, int, int, Any]] = []
+        try:
+            with self.engine.begin() as conn:
+                head = self.ledger.lock_head(conn)
+                memo: dict = {}
+                entries: list[Entry] = []
+                for prepare, future in batch:
+                    try:
+                        mine, result = prepare(conn, memo)
+                    except Refused as refusal:
+                        future.set_exception(refusal)
+                        continue
+                    done.append((future, len(entries), len(entries) + len(mine), result))
+                    entries.extend(mine)
+                appended = self.ledger.append(conn, entries, head=head)
+        except BaseException as exc:  # noqa: BLE001 - every waiter must hear of any failure
+            failure = CommitFailed(f"{type(exc).__name__}: {exc}")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            return
+        self.batches += 1
+        for future, start, end, result in done:
+            future.set_result((appended[start:end], result))

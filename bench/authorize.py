@@ -1,0 +1,119 @@
+"""/v1/authorize throughput against a bare endpoint, on the same gunicorn settings, in one run.
+
+    createdb -h 127.0.0.1 -U postgres warden_bench
+    python bench/authorize.py --database-url postgresql+psycopg://postgres@127.0.0.1/warden_bench
+
+Starts `warden serve` on that database and a bare Flask app (bench/bare_app.py:
+parse the JSON, answer, write nothing) with the same workers and threads, loads
+each with wrk (Debian's `wrk`) for the same time and connections, and prints
+both request rates and their ratio. Every authorize answer is a committed
+ledger record (synchronous_commit stays on); the ledger is verified at the end.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BODY = {"subject": "alice", "domain": "prod", "object": "db/customers", "action": "read",
+        "context": {"workflow": "maintenance", "ticket": "OPS-12"}}
+POLICY = "p, role:engineer, prod, db/*, read, maintenance, allow\ng, alice, role:engineer, *\n"
+
+
+def warden(*args, env, **kwargs):
+    return subprocess.run([sys.executable, "-c", "import app; app.main()", *args], env=env, check=True,
+                          capture_output=True, text=True, **kwargs)
+
+
+def wait_until_up(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"server at {url} did not come up")
+
+
+def run_wrk(url: str, token: str, seconds: int, connections: int, wrk_threads: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(BODY))}\n'
+                     f'wrk.headers["Content-Type"] = "application/json"\n'
+                     f'wrk.headers["Authorization"] = "Bearer {token}"\n')
+    out = subprocess.run(["wrk", f"-t{wrk_threads}", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url],
+                         check=True, capture_output=True, text=True).stdout
+    os.unlink(script.name)
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rate": rate, "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def serve(command: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", required=True, help="an empty Postgres database (it is migrated)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--port", type=int, default=8931)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="warden-bench-"))
+    env = {**os.environ, "WARDEN_DATABASE_URL": args.database_url, "WARDEN_KEY_DIR": str(workdir / "keys"),
+           "PYTHONPATH": str(HERE.parent)}
+    warden("db", "upgrade", env=env)
+    (workdir / "policy.csv").write_text(POLICY)
+    warden("policy", "load", "--replace", str(workdir / "policy.csv"), env=env)
+    token = warden("token", "create", f"bench-{os.getpid()}", "--scope", "authorize", env=env).stdout.split()[0]
+    before = int(json.loads(warden("audit", "verify", "--json", env=env).stdout)["head_seq"])
+
+    settings = ["--workers", str(args.workers), "--threads", str(args.threads)]
+    results = {}
+    for name, command in (
+        ("bare", [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", *settings,
+                  "--bind", f"127.0.0.1:{args.port}", "--access-logfile", "-", "bench.bare_app:create_app()"]),
+        ("authorize", [sys.executable, "-c", "import app; app.main()", "serve", *settings,
+                       "--port", str(args.port)]),
+    ):
+        server = serve(command, {**env, "PYTHONPATH": str(HERE.parent)})
+        try:
+            wait_until_up(f"http://127.0.0.1:{args.port}/healthz" if name == "authorize"
+                          else f"http://127.0.0.1:{args.port}/")
+            url = f"http://127.0.0.1:{args.port}/v1/authorize"
+            run_wrk(url, token, 2, args.connections, args.wrk_threads)  # warm up
+            results[name] = run_wrk(url, token, args.seconds, args.connections, args.wrk_threads)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+    report = json.loads(subprocess.run([sys.executable, "-c", "import app; app.main()", "audit", "verify",
+                                        "--json"], env=env, capture_output=True, text=True).stdout)
+    recorded = report["head_seq"] - before
+    ratio = results["authorize"]["rate"] / results["bare"]["rate"]
+    print(f"settings: {args.workers} workers x {args.threads} threads, {args.connections} connections, "
+          f"{args.seconds}s each, Postgres synchronous_commit on")
+    print(f"bare endpoint (parse JSON, write nothing): {results['bare']['rate']:>9.0f} req/s")
+    print(f"/v1/authorize (decide + durable record):   {results['authorize']['rate']:>9.0f} req/s "
+          f"(non-2xx: {results['authorize']['non_2xx']})")
+    print(f"ratio authorize/bare: {ratio:.2f}")
+    print(f"ledger: {recorded} records appended during the run, verify ok={report['ok']}")
+
+
+if __name__ == "__main__":
+    main()
