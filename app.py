@@ -26,6 +26,7 @@ class Warden:
     tokens: object
     committer: object
     decisions: object
+    outcomes: object
 
     def authenticate(self, token: str | None):
         """Return the caller a bearer token belongs to, or None."""
@@ -60,19 +61,29 @@ def _configure(app: Flask, overrides: dict) -> None:
         KEY_DIR=env.get("WARDEN_KEY_DIR") or str(instance / "keys"),
         RETENTION_DAYS=env.get("WARDEN_RETENTION_DAYS", DEFAULT_RETENTION_DAYS),
         MODEL=env.get("WARDEN_MODEL"),
+        CHECKPOINT_EVERY=env.get("WARDEN_CHECKPOINT_EVERY", 10_000),
+        CHECKPOINT_SECONDS=env.get("WARDEN_CHECKPOINT_SECONDS", 300),
+        CHECKPOINT_DIR=env.get("WARDEN_CHECKPOINT_DIR"),
+        PURGE_INTERVAL_HOURS=env.get("WARDEN_PURGE_INTERVAL_HOURS", 24),
+        BACKGROUND_JOBS=False,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
     )
     app.config.update(overrides)
-    try:
-        days = int(app.config["RETENTION_DAYS"])
-    except (TypeError, ValueError):
-        raise click.UsageError(f"WARDEN_RETENTION_DAYS must be a whole number of days, "
-                               f"got {app.config['RETENTION_DAYS']!r}") from None
-    if days < 1:
-        raise click.UsageError("WARDEN_RETENTION_DAYS must be at least 1")
-    app.config["RETENTION_DAYS"] = days
+    for key, low in (("RETENTION_DAYS", 1), ("CHECKPOINT_EVERY", 1), ("CHECKPOINT_SECONDS", 1),
+                     ("PURGE_INTERVAL_HOURS", 0)):
+        app.config[key] = _whole_number(key, app.config[key], low)
     if app.config["DATABASE_URL"].startswith("sqlite:///"):
         Path(app.config["DATABASE_URL"].removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _whole_number(key: str, value, low: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise click.UsageError(f"WARDEN_{key} must be a whole number, got {value!r}") from None
+    if number < low:
+        raise click.UsageError(f"WARDEN_{key} must be at least {low}, got {number}")
+    return number
 
 
 def _model_text(path: str | None) -> str:
@@ -96,6 +107,7 @@ def _configure_services(app: Flask) -> None:
     from audit.db import make_engine
     from audit.group_commit import GroupCommitter
     from audit.ledger import Ledger
+    from audit.outcomes import OutcomeService
     from audit.signing import LedgerSigner
     from authz.decisions import DecisionService
     from authz.policy_store import PolicyStore
@@ -106,11 +118,26 @@ def _configure_services(app: Flask) -> None:
     signer = LedgerSigner(app.config["KEY_DIR"])
     policies = PolicyStore(engine, ledger, _model_text(app.config["MODEL"]))
     committer = GroupCommitter(engine, ledger)
+    checkpoints = Checkpoints(engine, ledger, signer)
+    if app.config["BACKGROUND_JOBS"]:
+        _start_ledger_jobs(app, checkpoints)
     app.extensions["warden"] = Warden(
-        engine=engine, ledger=ledger, signer=signer, checkpoints=Checkpoints(engine, ledger, signer),
+        engine=engine, ledger=ledger, signer=signer, checkpoints=checkpoints,
         policies=policies, tokens=TokenService(engine, ledger),
         committer=committer, decisions=DecisionService(committer, policies),
+        outcomes=OutcomeService(committer),
     )
+
+
+def _start_ledger_jobs(app: Flask, checkpoints) -> None:
+    from audit.jobs import LedgerJobs
+    from audit.retention import purge_ledger
+
+    config, c = app.config, checkpoints
+    LedgerJobs(checkpoints,
+               lambda: purge_ledger(c.engine, c.ledger, c.signer, config["RETENTION_DAYS"], actor="schedule"),
+               every_records=config["CHECKPOINT_EVERY"], every_seconds=config["CHECKPOINT_SECONDS"],
+               purge_hours=config["PURGE_INTERVAL_HOURS"], export_dir=config["CHECKPOINT_DIR"]).start()
 
 
 def _configure_http(app: Flask) -> None:
@@ -198,7 +225,7 @@ def run_server(host: str, port: int, workers: int, threads: int, tls_cert: str |
                 self.cfg.set(key, value)
 
         def load(self):
-            return create_app()
+            return create_app({"BACKGROUND_JOBS": True})
 
     Server().run()
 

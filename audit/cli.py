@@ -1,7 +1,9 @@
 """`warden audit ...`: commands on the ledger."""
 
+import getpass
 import json
 import sys
+from datetime import timezone
 from pathlib import Path
 
 import click
@@ -9,6 +11,8 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from audit.checkpoints import export_checkpoint, read_checkpoint_files
+from audit.retention import purge_ledger
+from audit.search import export_records
 from audit.signing import KeyDirError
 from audit.verify import verify_ledger
 
@@ -75,3 +79,40 @@ def checkpoint_command(out: Path | None) -> None:
     click.echo(f"checkpoint at seq {checkpoint.seq}, hash {checkpoint.hash}, key {checkpoint.key_id}")
     if out:
         click.echo(f"written to {export_checkpoint(checkpoint, out)}")
+
+
+@audit_cli.command("purge")
+@click.option("--older-than", "days", type=click.IntRange(min=1),
+              help="Remove records older than this many days [default: WARDEN_RETENTION_DAYS].")
+def purge_command(days: int | None) -> None:
+    """Remove records past retention, leaving a signed seal that verification starts from."""
+    warden = _warden()
+    days = days or current_app.config["RETENTION_DAYS"]
+    try:
+        purged = purge_ledger(warden.engine, warden.ledger, warden.signer, days, actor=f"cli:{getpass.getuser()}")
+    except KeyDirError as exc:
+        raise click.ClickException(str(exc)) from None
+    if purged is None:
+        click.echo(f"nothing older than {days} days")
+        return
+    click.echo(f"purged {purged.count} record(s) through seq {purged.through_seq}; sealed with hash "
+               f"{purged.hash[:16]}...; the purge is record {purged.audit_seq}")
+
+
+@audit_cli.command("export")
+@click.option("--since", type=click.DateTime(), help="First time to include (UTC), e.g. 2026-11-01.")
+@click.option("--until", type=click.DateTime(), help="Last time to include (UTC).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option("--out", type=click.File("w", encoding="utf-8"), default="-",
+              help="Write here instead of standard output.")
+def export_command(since, until, fmt, out) -> None:
+    """Stream records as JSON lines with their exact hashed bodies, for outside re-verification.
+
+    Each line: seq, prev_hash, hash, kind, body; SHA-256(bytes.fromhex(prev_hash) + body) == hash.
+    """
+    since = since.replace(tzinfo=timezone.utc) if since else None
+    until = until.replace(tzinfo=timezone.utc) if until else None
+    if since and until and until < since:
+        raise click.BadParameter("--until is before --since")
+    for line in export_records(_warden().engine, since, until):
+        out.write(line + "\n")

@@ -44,6 +44,7 @@ class GroupCommitter:
         self._wake = threading.Condition()
         self._owner_pid = None
         self._closed = False
+        self._thread: threading.Thread | None = None
         self.batches = 0  # committed batches, for tests and metrics
 
     def submit(self, prepare: Prepare) -> tuple[list[Appended], Any]:
@@ -67,13 +68,16 @@ class GroupCommitter:
         if self._owner_pid != os.getpid():  # first use, or a forked child: threads do not survive fork
             self._owner_pid = os.getpid()
             self._pending.clear()
-            threading.Thread(target=self._run, name="warden-ledger-writer", daemon=True).start()
+            self._thread = threading.Thread(target=self._run, name="warden-ledger-writer", daemon=True)
+            self._thread.start()
 
-    def close(self) -> None:
-        """Let the writer thread finish what is queued and stop."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Let the writer thread finish what is queued, and wait for it to stop."""
         with self._wake:
             self._closed = True
             self._wake.notify()
+        if self._thread is not None and self._owner_pid == os.getpid():
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
@@ -87,6 +91,7 @@ class GroupCommitter:
 
     def _commit(self, batch: list[tuple[Prepare, Future]]) -> None:
         done: list[tuple[Future, int, int, Any]] = []
+        refused: list[tuple[Future, Refused]] = []
         try:
             with self.engine.begin() as conn:
                 head = self.ledger.lock_head(conn)
@@ -96,7 +101,7 @@ class GroupCommitter:
                     try:
                         mine, result = prepare(conn, memo)
                     except Refused as refusal:
-                        future.set_exception(refusal)
+                        refused.append((future, refusal))
                         continue
                     done.append((future, len(entries), len(entries) + len(mine), result))
                     entries.extend(mine)
@@ -104,9 +109,11 @@ class GroupCommitter:
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear of any failure
             failure = CommitFailed(f"{type(exc).__name__}: {exc}")
             for _, future in batch:
-                if not future.done():
-                    future.set_exception(failure)
+                future.set_exception(failure)
             return
+        # Answers go out only now, after the commit and with the connection back in the pool.
+        for future, refusal in refused:
+            future.set_exception(refusal)
         self.batches += 1
         for future, start, end, result in done:
             future.set_result((appended[start:end], result))

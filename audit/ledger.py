@@ -86,15 +86,16 @@ class Ledger:
         with self.engine.connect().execution_options(**READ_ONLY) as conn:
             return tuple(conn.execute(select(_head.c.seq, _head.c.hash).where(_head.c.id == 1)).one())
 
-    def records(self, conn: Connection, after_seq: int = 0) -> Iterator[tuple]:
-        """Yield (seq, prev_hash, hash, kind, body) of rows with seq > `after_seq`, in seq order.
+    def records(self, conn: Connection, after_seq: int = 0, upto_seq: int | None = None) -> Iterator[tuple]:
+        """Yield (seq, prev_hash, hash, kind, body) of rows with after_seq < seq <= upto_seq, in seq order.
 
         Streams through the driver's own cursor (a server-side one on Postgres):
         verification reads every row, and this is its hot loop.
         """
-        sql = ("SELECT seq, prev_hash, hash, kind, body FROM ledger_records "
-               "WHERE seq > %s ORDER BY seq" if conn.dialect.name == "postgresql" else
-               "SELECT seq, prev_hash, hash, kind, body FROM ledger_records WHERE seq > ? ORDER BY seq")
+        mark = "%s" if conn.dialect.name == "postgresql" else "?"
+        sql = (f"SELECT seq, prev_hash, hash, kind, body FROM ledger_records WHERE seq > {mark}"
+               + (f" AND seq <= {mark}" if upto_seq is not None else "") + " ORDER BY seq")
+        params = (after_seq,) if upto_seq is None else (after_seq, upto_seq)
         dbapi = conn.connection.dbapi_connection
         if conn.dialect.name == "postgresql":
             cursor = dbapi.cursor(name="warden_ledger_scan")
@@ -102,7 +103,7 @@ class Ledger:
         else:
             cursor = dbapi.cursor()
         try:
-            cursor.execute(sql, (after_seq,))
+            cursor.execute(sql, params)
             while batch := cursor.fetchmany(20_000):
                 yield from batch
         finally:

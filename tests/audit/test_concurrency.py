@@ -49,3 +49,54 @@ def test_processes_append_without_forking(database_url):
     engine = make_engine(database_url)
     _check(engine, 180)
     engine.dispose()
+
+
+def _decide_many(url: str, worker: int, threads: int, count: int) -> None:
+    import threading as th
+
+    from audit.group_commit import GroupCommitter
+    engine = make_engine(url)
+    committer = GroupCommitter(engine, Ledger(engine))
+
+    def run(t):
+        for i in range(count):
+            committer.submit(lambda conn, memo, t=t, i=i: ([Entry("test", {"w": worker, "t": t, "i": i})], None))
+    pool = [th.Thread(target=run, args=(t,)) for t in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    committer.close()
+    engine.dispose()
+
+
+def test_group_commit_in_many_processes_keeps_one_chain(database_url):
+    """Thousands of records from 4 processes x 8 threads, batched per process, on one chain."""
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_decide_many, args=(database_url, w, 8, 80)) for w in range(4)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join(timeout=300)
+    assert [p.exitcode for p in workers] == [0] * 4
+    engine = make_engine(database_url)
+    _check(engine, 4 * 8 * 80)
+    engine.dispose()
+
+
+def test_group_commit_batches_concurrent_callers(warden):
+    gate = threading.Barrier(16)
+    results = []
+
+    def run():
+        gate.wait()
+        results.append(warden.committer.submit(lambda conn, memo: ([Entry("test", {})], None))[0][0].seq)
+    threads = [threading.Thread(target=run) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == list(range(1, 17))
+    assert warden.committer.batches < 16
+    # every caller returned after its own record was committed: all of them are readable now
+    assert [r.seq for r in ledger_rows(warden.engine)] == list(range(1, 17))

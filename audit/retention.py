@@ -1,0 +1,60 @@
+"""The sanctioned way ledger records leave: a purge past retention that leaves a signed seal.
+
+The seal names the last purged record (seq, hash); verification starts from it
+and still proves every record after. The purge is itself appended to the chain.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, delete, func, insert, select, text
+
+from audit.chain import format_time, utcnow
+from audit.checkpoints import statement_text
+from audit.ledger import Entry, Ledger
+from audit.models import LedgerRecord, LedgerSeal
+from audit.signing import LedgerSigner
+
+_records = LedgerRecord.__table__
+_seals = LedgerSeal.__table__
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What a purge removed: records up to `through_seq`, `count` of them, sealed with `hash`."""
+
+    through_seq: int
+    hash: str
+    count: int
+    audit_seq: int
+
+
+def purge_ledger(engine: Engine, ledger: Ledger, signer: LedgerSigner, older_than_days: int, *,
+                 actor: str, now: datetime | None = None) -> Purged | None:
+    """Remove records created more than `older_than_days` ago, seal them, and record the purge.
+
+    Returns None when nothing is that old. All of it happens in one transaction.
+    """
+    cutoff = (now or utcnow()) - timedelta(days=older_than_days)
+    with engine.begin() as conn:
+        head = ledger.lock_head(conn)
+        c = _records.c
+        through = conn.execute(select(func.max(c.seq)).where(c.created_at < cutoff)).scalar()
+        if through is None:
+            return None
+        through_hash = conn.execute(select(c.hash).where(c.seq == through)).scalar_one()
+        count = conn.execute(select(func.count()).where(c.seq <= through)).scalar_one()
+        sealed_at = utcnow()
+        statement = statement_text("seal", through, through_hash, format_time(sealed_at), purged=count)
+        kid, signature = signer.sign(statement.encode("utf-8"))
+        conn.execute(insert(_seals).values(seq=through, hash=through_hash, created_at=sealed_at, key_id=kid,
+                                           signature=signature, statement=statement))
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SET LOCAL warden.ledger_purge = 'on'"))  # the trigger's one exception
+        conn.execute(delete(_records).where(c.seq <= through))
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SET LOCAL warden.ledger_purge = 'off'"))
+        record = ledger.append(conn, [Entry("ledger.purge", {
+            "actor": actor, "through_seq": through, "through_hash": through_hash, "purged": count,
+            "older_than_days": older_than_days, "cutoff": format_time(cutoff)})], head=head)[0]
+    return Purged(through, through_hash, count, record.seq)

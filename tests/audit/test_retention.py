@@ -1,0 +1,59 @@
+"""The retention purge: the one sanctioned removal, sealed so the rest still proves itself."""
+
+from datetime import timedelta
+
+import pytest
+
+from audit.chain import utcnow
+from audit.ledger import Entry
+from audit.retention import purge_ledger
+from audit.verify import BAD_SEAL
+from tests.conftest import ledger_rows, tamper
+
+
+@pytest.fixture
+def aged(warden):
+    """Ten records backdated 40 days, then five fresh ones."""
+    for i in range(10):
+        warden.ledger.record(Entry("test", {"old": i}))
+    tamper(warden.engine, "UPDATE ledger_records SET created_at = :t", t=utcnow() - timedelta(days=40))
+    for i in range(5):
+        warden.ledger.record(Entry("test", {"new": i}))
+    return warden
+
+
+def test_purge_removes_old_records_seals_them_and_still_verifies(aged, runner, verify):
+    result = runner.invoke(args=["audit", "purge"])  # WARDEN_RETENTION_DAYS: 30
+    assert result.exit_code == 0, result.output
+    assert "purged 10 record(s) through seq 10" in result.output
+    rows = ledger_rows(aged.engine)
+    assert [r.seq for r in rows] == list(range(11, 17))
+    assert rows[-1].kind == "ledger.purge"
+    report = verify()
+    assert report.ok, report.first_failure
+    assert report.sealed_through == 10 and report.checked == 6
+    assert "nothing older" in runner.invoke(args=["audit", "purge"]).output
+
+
+def test_purge_older_than_option(aged, runner):
+    assert "nothing older than 50 days" in runner.invoke(args=["audit", "purge", "--older-than", "50"]).output
+    assert runner.invoke(args=["audit", "purge", "--older-than", "0"]).exit_code == 2
+
+
+def test_a_forged_seal_is_found(aged, verify):
+    purge_ledger(aged.engine, aged.ledger, aged.signer, 30, actor="test")
+    tamper(aged.engine, "UPDATE ledger_seals SET seq = 12")
+    assert verify().first_failure.kind == BAD_SEAL
+
+
+def test_deleting_after_the_seal_is_still_found(aged, verify):
+    purge_ledger(aged.engine, aged.ledger, aged.signer, 30, actor="test")
+    tamper(aged.engine, "DELETE FROM ledger_records WHERE seq = 11")
+    failure = verify().first_failure
+    assert (failure.seq, failure.kind) == (11, "missing")
+
+
+def test_checkpoints_before_the_seal_do_not_trip_verification(aged, verify):
+    aged.checkpoints.create()
+    purge_ledger(aged.engine, aged.ledger, aged.signer, 30, actor="test")
+    assert verify().ok
