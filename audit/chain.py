@@ -12,9 +12,17 @@ def canonical_json(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def record_body(seq: int, kind: str, time: datetime, data: dict) -> str:
-    """Return the canonical body of record `seq`; these exact bytes are hashed and stored."""
-    return canonical_json({"seq": seq, "kind": kind, "time": format_time(time), "data": data})
+def record_body(seq: int, kind: str, time: datetime, data: dict, data_json: str | None = None) -> str:
+    """Return the canonical body of record `seq`; these exact bytes are hashed and stored.
+
+    Equal to canonical_json({"seq", "kind", "time", "data"}); pass `data_json`
+    (canonical_json(data)) when it was computed before the chain head was locked.
+    """
+    if data_json is None:
+        data_json = canonical_json(data)
+    # Sorted keys: data, kind, seq, time.
+    return (f'{{"data":{data_json},"kind":{canonical_json(kind)},"seq":{int(seq)},'
+            f'"time":{canonical_json(format_time(time))}}}')
 
 
 def chain_hash(prev_hash: str, body: str) -> str:

@@ -1,9 +1,11 @@
 """Group commit: concurrent appends in one process share a transaction, and each still waits for it.
 
 A per-record lock-and-commit costs one fsync per record. Here callers hand a
-`prepare` function to a single writer thread; it takes everything queued, holds
-the chain head lock, runs each `prepare` inside one transaction, appends all the
-entries and commits once. Each caller's call returns only after that commit, so
+`prepare` function to a single writer thread; it takes everything queued, runs
+each `prepare` inside one transaction, appends all the entries and commits once.
+The chain head lock, which every process's writer queues for, is held only for
+the hashing, the insert and the commit: work that needs no lock (deciding,
+serializing) is done before it, unless a `prepare` asks to run under it. Each caller's call returns only after that commit, so
 no answer is given before its record is durable; a failed commit fails every
 caller in the batch.
 """
@@ -13,6 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -40,16 +43,18 @@ class GroupCommitter:
         self.ledger = ledger
         self.max_batch = max_batch
         self.timeout = timeout
-        self._pending: deque[tuple[Prepare, Future]] = deque()
+        self._pending: deque[_Item] = deque()
         self._wake = threading.Condition()
         self._owner_pid = None
         self._closed = False
         self._thread: threading.Thread | None = None
         self.batches = 0  # committed batches, for tests and metrics
 
-    def submit(self, prepare: Prepare) -> tuple[list[Appended], Any]:
+    def submit(self, prepare: Prepare, *, under_lock: bool = False) -> tuple[list[Appended], Any]:
         """Run `prepare` in the next batch and return (its records, its result) once committed.
 
+        `under_lock`: run it while the chain head is locked, so what it reads cannot
+        change before its entries land (checks such as "reported only once").
         Raises Refused when `prepare` refused, CommitFailed when the batch did not commit.
         """
         future: Future = Future()
@@ -57,7 +62,7 @@ class GroupCommitter:
             if self._closed:
                 raise CommitFailed("the ledger writer is closed")
             self._ensure_writer()
-            self._pending.append((prepare, future))
+            self._pending.append(_Item(prepare, future, under_lock))
             self._wake.notify()
         try:
             return future.result(timeout=self.timeout)
@@ -89,27 +94,27 @@ class GroupCommitter:
                 batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.max_batch))]
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[Prepare, Future]]) -> None:
-        done: list[tuple[Future, int, int, Any]] = []
+    def _commit(self, batch: list["_Item"]) -> None:
         refused: list[tuple[Future, Refused]] = []
         try:
             with self.engine.begin() as conn:
-                head = self.ledger.lock_head(conn)
                 memo: dict = {}
-                entries: list[Entry] = []
-                for prepare, future in batch:
-                    try:
-                        mine, result = prepare(conn, memo)
-                    except Refused as refusal:
-                        refused.append((future, refusal))
-                        continue
-                    done.append((future, len(entries), len(entries) + len(mine), result))
+                prepared: dict[int, tuple[list[Entry], Any]] = {}
+                _prepare(batch, conn, memo, prepared, refused, under_lock=False)
+                for mine, _ in prepared.values():
+                    for entry in mine:
+                        entry.data_json  # noqa: B018 - serialize before taking the lock
+                head = self.ledger.lock_head(conn)
+                _prepare(batch, conn, memo, prepared, refused, under_lock=True)
+                done, entries = [], []
+                for index, (mine, result) in sorted(prepared.items()):
+                    done.append((batch[index].future, len(entries), len(entries) + len(mine), result))
                     entries.extend(mine)
                 appended = self.ledger.append(conn, entries, head=head)
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear of any failure
             failure = CommitFailed(f"{type(exc).__name__}: {exc}")
-            for _, future in batch:
-                future.set_exception(failure)
+            for item in batch:
+                item.future.set_exception(failure)
             return
         # Answers go out only now, after the commit and with the connection back in the pool.
         for future, refusal in refused:
@@ -117,3 +122,20 @@ class GroupCommitter:
         self.batches += 1
         for future, start, end, result in done:
             future.set_result((appended[start:end], result))
+
+
+@dataclass(frozen=True)
+class _Item:
+    prepare: Prepare
+    future: Future
+    under_lock: bool
+
+
+def _prepare(batch: list[_Item], conn: Connection, memo: dict, prepared: dict, refused: list, *,
+             under_lock: bool) -> None:
+    for index, item in enumerate(batch):
+        if item.under_lock == under_lock:
+            try:
+                prepared[index] = item.prepare(conn, memo)
+            except Refused as refusal:
+                refused.append((item.future, refusal))

@@ -2,11 +2,12 @@
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
-from audit.chain import chain_hash, record_body, utcnow
+from audit.chain import canonical_json, chain_hash, record_body, utcnow
 from audit.db import READ_ONLY
 from audit.models import LedgerHead, LedgerRecord
 
@@ -26,6 +27,11 @@ class Entry:
     kind: str
     data: dict
     index: dict = field(default_factory=dict)
+
+    @cached_property
+    def data_json(self) -> str:
+        """The canonical JSON of `data`; computed once, ideally before the head lock is taken."""
+        return canonical_json(self.data)
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,7 @@ class Ledger:
         rows, appended = [], []
         for entry in entries:
             seq += 1
-            body = record_body(seq, entry.kind, now, entry.data)
+            body = record_body(seq, entry.kind, now, entry.data, entry.data_json)
             record_hash = chain_hash(head_hash, body)
             rows.append({**_NO_INDEX, **entry.index, "seq": seq, "prev_hash": head_hash, "hash": record_hash,
                          "kind": entry.kind, "created_at": now, "body": body})

@@ -69,5 +69,5 @@ class OutcomeService:
                     "duration_ms": body.get("duration_ms"), "status": body.get("status", "ok")}
             return [Entry("outcome", data, {"decision_id": decision_id})], decision.seq
 
-        appended, decision_seq = self.committer.submit(prepare)
+        appended, decision_seq = self.committer.submit(prepare, under_lock=True)
         return appended[0], decision_seq

@@ -30,6 +30,7 @@ BEYOND_HEAD = "beyond_head"          # records after the head (appended outside 
 REWRITTEN = "rewritten"              # the chain disagrees with a signed checkpoint
 BAD_CHECKPOINT = "bad_checkpoint_signature"
 BAD_SEAL = "bad_seal_signature"
+UNKNOWN_KEY = "unknown_signing_key"    # signed by a key the key directory does not hold
 
 
 @dataclass(frozen=True)
@@ -142,9 +143,17 @@ def verify_rows(rows: Iterable, head: tuple[int, str], *, start_seq: int = 1, st
     return report
 
 
-def _valid(signed: Signed, kind: str, signer: LedgerSigner) -> bool:
-    return statement_matches(signed, kind) and signer.check(signed.statement.encode("utf-8"), signed.key_id,
-                                                            signed.signature)
+def _signature_problem(signed: Signed, kind: str, signer: LedgerSigner) -> tuple[str, str] | None:
+    """Return (failure kind, message) when `signed` is not a valid statement of `kind`, else None."""
+    what = "purge seal through record" if kind == "seal" else "checkpoint at record"
+    if signer.public_key(signed.key_id) is None:
+        return UNKNOWN_KEY, (f"the {what} {signed.seq} is signed by key {signed.key_id}, which is not in the "
+                             f"key directory ({signer.key_dir}); restore its ledger-{signed.key_id}.pub")
+    if not (statement_matches(signed, kind) and signer.check(signed.statement.encode("utf-8"), signed.key_id,
+                                                             signed.signature)):
+        return (BAD_SEAL if kind == "seal" else BAD_CHECKPOINT,
+                f"the {what} {signed.seq} does not carry a valid signature: forged or altered")
+    return None
 
 
 def verify_ledger(engine: Engine, signer: LedgerSigner, *, external: Iterable[Signed] = (),
@@ -165,16 +174,14 @@ def verify_ledger(engine: Engine, signer: LedgerSigner, *, external: Iterable[Si
         start_seq, start_hash = 1, GENESIS_HASH
         if seals:
             seal = seals[-1]
-            if not _valid(seal, "seal", signer):
-                return report.fail(seal.seq, BAD_SEAL, f"the purge seal through record {seal.seq} does not carry "
-                                                       "a valid signature: forged or altered")
+            if problem := _signature_problem(seal, "seal", signer):
+                return report.fail(seal.seq, *problem)
             start_seq, start_hash = seal.seq + 1, seal.hash
             report.sealed_through = seal.seq
         checkpoints: dict[int, str] = {}
         for checkpoint in sorted(signed, key=lambda c: c.seq):
-            if not _valid(checkpoint, "checkpoint", signer):
-                return report.fail(checkpoint.seq, BAD_CHECKPOINT, f"the checkpoint at record {checkpoint.seq} "
-                                   "does not carry a valid signature: forged or altered")
+            if problem := _signature_problem(checkpoint, "checkpoint", signer):
+                return report.fail(checkpoint.seq, *problem)
             if checkpoint.seq == start_seq - 1 and checkpoint.hash != start_hash:
                 return report.fail(checkpoint.seq, REWRITTEN, f"the purge seal and the checkpoint at "
                                                               f"{checkpoint.seq} disagree")

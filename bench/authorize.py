@@ -75,7 +75,9 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="warden-bench-"))
-    env = {**os.environ, "WARDEN_DATABASE_URL": args.database_url, "WARDEN_KEY_DIR": str(workdir / "keys"),
+    # One key directory for every run, so checkpoints made by an earlier run still verify.
+    keys = Path(tempfile.gettempdir()) / "warden-bench-keys"
+    env = {**os.environ, "WARDEN_DATABASE_URL": args.database_url, "WARDEN_KEY_DIR": str(keys),
            "PYTHONPATH": str(HERE.parent)}
     warden("db", "upgrade", env=env)
     (workdir / "policy.csv").write_text(POLICY)

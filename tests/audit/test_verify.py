@@ -167,3 +167,14 @@ def test_any_single_mutation_is_found_at_its_seq(n, data):
     report = verify_rows([tuple(r) for r in rows], head)
     assert not report.ok
     assert report.first_failure.seq == expected_seq, (mutation, report.first_failure)
+
+
+@given(st.dictionaries(st.text(max_size=5), st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8), max_size=4), st.integers(1, 10**12), st.sampled_from(["decision", "outcome", "x\"y"]))
+def test_spliced_body_equals_canonical_json_of_the_record(data, seq, kind):
+    from audit.chain import canonical_json, format_time
+    now = utcnow()
+    expected = canonical_json({"seq": seq, "kind": kind, "time": format_time(now), "data": data})
+    assert record_body(seq, kind, now, data) == expected

@@ -1,0 +1,62 @@
+"""Verification speed: `warden audit verify`'s walk against a raw SELECT of the same rows, in one run.
+
+    createdb -h 127.0.0.1 -U postgres warden_bench_verify
+    python bench/verify.py --database-url postgresql+psycopg://postgres@127.0.0.1/warden_bench_verify
+
+Fills an empty database with --records decision-sized records (once; rerun to
+reuse them), then times (1) fetching every row through the same server-side
+cursor and doing nothing with it, and (2) full verification: the hash of each
+record, its link, its seq and kind. Prints both rates and their ratio.
+"""
+
+import argparse
+import os
+import tempfile
+import time
+from contextlib import closing
+
+from app import create_app, upgrade_database
+from audit.db import READ_ONLY
+from audit.ledger import Entry
+from audit.verify import verify_ledger
+
+RECORD = {"decision_id": "00000000-0000-4000-8000-000000000000", "service": "bench", "request_id": "r" * 32,
+          "subject": "alice", "domain": "prod", "object": "db/customers", "action": "read",
+          "workflow": "maintenance", "context": {"workflow": "maintenance", "ticket": "OPS-12"},
+          "allowed": True, "reason": "allowed by role:engineer for workflow maintenance",
+          "matched": [["role:engineer", "prod", "db/*", "read", "maintenance", "allow"]], "policy_version": 1}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--records", type=int, default=300_000)
+    args = parser.parse_args()
+    upgrade_database(args.database_url)
+    app = create_app({"DATABASE_URL": args.database_url, "KEY_DIR": tempfile.mkdtemp()})
+    warden = app.extensions["warden"]
+    have = warden.ledger.head()[0]
+    while have < args.records:
+        batch = min(10_000, args.records - have)
+        with warden.engine.begin() as conn:
+            warden.ledger.append(conn, [Entry("decision", RECORD)] * batch)
+        have += batch
+        print(f"\rfilling: {have}/{args.records}", end="", flush=True)
+    print()
+
+    with warden.engine.connect().execution_options(**READ_ONLY) as conn, conn.begin():
+        start = time.perf_counter()
+        with closing(warden.ledger.records(conn)) as rows:
+            count = sum(1 for _ in rows)
+        raw = count / (time.perf_counter() - start)
+    start = time.perf_counter()
+    report = verify_ledger(warden.engine, warden.signer)
+    rate = report.checked / (time.perf_counter() - start)
+    print(f"records: {count}, verify ok={report.ok}")
+    print(f"raw SELECT of the same rows: {raw:>10.0f} records/s")
+    print(f"warden audit verify:         {rate:>10.0f} records/s")
+    print(f"ratio verify/raw: {rate / raw:.2f}")
+
+
+if __name__ == "__main__":
+    main()
