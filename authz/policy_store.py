@@ -73,7 +73,8 @@ class PolicyStore:
 
     @staticmethod
     def version(conn: Connection) -> int:
-        return conn.execute(select(_state.c.version).where(_state.c.id == 1)).scalar_one()
+        """Return the policy version `conn` sees (read once per decision batch, so plain SQL)."""
+        return conn.exec_driver_sql("SELECT version FROM policy_state WHERE id = 1").scalar_one()
 
     def snapshot(self, conn: Connection) -> Snapshot:
         """Return the decider for the version `conn` sees, rebuilding it when the version moved."""

@@ -1,10 +1,12 @@
 """Policy rows as values: validation of every field and the Casbin CSV format."""
 
 import csv
+import re
 import io
 from dataclasses import dataclass
 
 MAX_NAME = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 EFFECTS = ("allow", "deny")
 
 
@@ -72,7 +74,7 @@ def name_problem(value, what: str, star: str = "none") -> str | None:
         return f"{what} is longer than {MAX_NAME} characters"
     if value != value.strip():
         return f"{what} {value!r} has leading or trailing spaces"
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if _CONTROL.search(value):
         return f"{what} {value!r} contains a control character (a newline?)"
     for bad in ',"':
         if bad in value:
