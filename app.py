@@ -26,6 +26,7 @@ class Warden:
     tokens: object
     committer: object
     decisions: object
+    vault: object
     outcomes: object
 
     def authenticate(self, token: str | None):
@@ -59,6 +60,7 @@ def _configure(app: Flask, overrides: dict) -> None:
     app.config.update(
         DATABASE_URL=env.get("WARDEN_DATABASE_URL") or f"sqlite:///{instance / 'warden.db'}",
         KEY_DIR=env.get("WARDEN_KEY_DIR") or str(instance / "keys"),
+        MASTER_KEYS=env.get("WARDEN_MASTER_KEYS"),
         RETENTION_DAYS=env.get("WARDEN_RETENTION_DAYS", DEFAULT_RETENTION_DAYS),
         MODEL=env.get("WARDEN_MODEL"),
         CHECKPOINT_EVERY=env.get("WARDEN_CHECKPOINT_EVERY", 10_000),
@@ -108,7 +110,9 @@ def _configure_services(app: Flask) -> None:
     from audit.group_commit import GroupCommitter
     from audit.ledger import Ledger
     from audit.outcomes import OutcomeService
+    from audit.keyring import Keyring
     from audit.signing import LedgerSigner
+    from audit.vault import Vault
     from authz.decisions import DecisionService
     from authz.policy_store import PolicyStore
     from authz.tokens import TokenService
@@ -116,7 +120,8 @@ def _configure_services(app: Flask) -> None:
     engine = make_engine(app.config["DATABASE_URL"])
     ledger = Ledger(engine)
     signer = LedgerSigner(app.config["KEY_DIR"])
-    policies = PolicyStore(engine, ledger, _model_text(app.config["MODEL"]))
+    vault = Vault(Keyring(app.config["KEY_DIR"], app.config["MASTER_KEYS"]))
+    policies = PolicyStore(engine, ledger, _model_text(app.config["MODEL"]), vault)
     committer = GroupCommitter(engine, ledger)
     checkpoints = Checkpoints(engine, ledger, signer)
     if app.config["BACKGROUND_JOBS"]:
@@ -124,7 +129,7 @@ def _configure_services(app: Flask) -> None:
     app.extensions["warden"] = Warden(
         engine=engine, ledger=ledger, signer=signer, checkpoints=checkpoints,
         policies=policies, tokens=TokenService(engine, ledger),
-        committer=committer, decisions=DecisionService(committer, policies),
+        committer=committer, decisions=DecisionService(committer, policies, vault), vault=vault,
         outcomes=OutcomeService(committer),
     )
 

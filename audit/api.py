@@ -92,6 +92,16 @@ def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
     return int(value)
 
 
+def _pseudonym_of(subject: str | None) -> str | None:
+    """Records name people by pseudonym: search by a real identifier through its key row."""
+    if subject is None or subject.startswith("p_"):
+        return subject
+    warden = current_app.extensions["warden"]
+    with warden.engine.connect().execution_options(**READ_ONLY) as conn:
+        found = warden.vault.find(conn, subject)
+    return found.pseudonym if found else "p_unknown"
+
+
 @bp.get("/v1/audit/events")
 @requires_scope("audit:read")
 def list_events():
@@ -110,7 +120,7 @@ def list_events():
         except ValueError as exc:
             raise ApiError(400, "invalid_request", str(exc)) from None
     where = EventFilter(
-        subject=request.args.get("subject"), domain=request.args.get("domain"),
+        subject=_pseudonym_of(request.args.get("subject")), domain=request.args.get("domain"),
         object_prefix=request.args.get("object"), action=request.args.get("action"),
         allowed=None if decision is None else decision == "allow", kind=request.args.get("kind"),
         since=_time_arg("since"), until=_time_arg("until"),

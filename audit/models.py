@@ -69,3 +69,37 @@ class LedgerSeal(Base):
     key_id: Mapped[str] = mapped_column(String(16))
     signature: Mapped[str] = mapped_column(String(128))
     statement: Mapped[str] = mapped_column(Text)
+
+
+class SubjectKey(Base):
+    """A person's data key and pseudonym salt, wrapped by a master key; found by a blind index.
+
+    Erasure deletes the row: the person's encrypted fields can no longer be read and
+    their pseudonym can no longer be tied to them.
+    """
+
+    __tablename__ = "subject_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lookup: Mapped[str] = mapped_column(String(64), unique=True)
+    pseudonym: Mapped[str] = mapped_column(String(40), unique=True)
+    master_version: Mapped[int] = mapped_column(Integer, index=True)
+    wrapped: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class PrivacyRequest(Base):
+    """A person's request (access, erasure, opt-out), its status and who acted on it."""
+
+    __tablename__ = "privacy_requests"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    pseudonym: Mapped[str] = mapped_column(String(40), index=True)
+    subject_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    history: Mapped[str] = mapped_column(Text)

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from audit.group_commit import CommitFailed, GroupCommitter
 from audit.ledger import Entry
+from audit.pii import scrub_value
+from audit.vault import Subject, Vault
 from authz.decider import Decision
 from authz.policy_store import PolicyStore
 from authz.requests import AuthorizeRequest
@@ -20,9 +22,10 @@ class AuditUnavailable(Exception):
 class DecisionService:
     """Decides requests and returns them only once their ledger records are committed."""
 
-    def __init__(self, committer: GroupCommitter, policies: PolicyStore):
+    def __init__(self, committer: GroupCommitter, policies: PolicyStore, vault: Vault):
         self.committer = committer
         self.policies = policies
+        self.vault = vault
 
     def authorize(self, requests: list[AuthorizeRequest], *, service: str, request_id: str,
                   stop: Callable[[Decision], bool] | None = None) -> list[dict]:
@@ -36,13 +39,15 @@ class DecisionService:
         def prepare(conn, memo):
             # Decided inside the commit's transaction: under the policy version it commits with.
             snapshot = memo.get("policy") or memo.setdefault("policy", self.policies.snapshot(conn))
+            subjects = self.vault.subjects(conn, sorted({item.request.subject for item in requests}))
             decided = []
             for item in requests:
                 decision = snapshot.decider.decide(item.request)
                 decided.append((item, decision, str(uuid.uuid4())))
                 if stop is not None and stop(decision):
                     break
-            entries = [_entry(item, decision, decision_id, service, request_id, snapshot.version)
+            entries = [_entry(item, decision, decision_id, service, request_id, snapshot.version,
+                              subjects[item.request.subject])
                        for item, decision, decision_id in decided]
             return entries, (snapshot, decided)
 
@@ -58,18 +63,24 @@ class DecisionService:
 
 
 def _entry(item: AuthorizeRequest, decision: Decision, decision_id: str, service: str,
-           request_id: str, version: int) -> Entry:
+           request_id: str, version: int, subject: Subject) -> Entry:
+    """The ledger entry of one decision: the person only as a pseudonym, their identifier and the
+    request context sealed with their key (the context scrubbed of PII first)."""
     request = item.request
-    index = {"decision_id": decision_id, "subject": request.subject, "domain": request.domain,
-             "object": request.object, "action": request.action, "allowed": decision.allowed}
-    return Entry("decision", _record(item, decision, decision_id, service, request_id, version), index)
-
-
-def _record(item: AuthorizeRequest, decision: Decision, decision_id: str, service: str,
-            request_id: str, version: int) -> dict:
-    request = item.request
-    return {"decision_id": decision_id, "service": service, "request_id": request_id,
-            "subject": request.subject, "domain": request.domain, "object": request.object,
-            "action": request.action, "workflow": request.workflow, "context": item.context,
-            "allowed": decision.allowed, "reason": decision.reason, "matched": decision.matched,
+    name, pseudonym = request.subject, subject.pseudonym
+    reason = decision.reason
+    for prefix in ("allowed by ", "denied by rule "):
+        if reason.startswith(f"{prefix}{name} ") or reason.startswith(f"{prefix}{name},"):
+            reason = prefix + pseudonym + reason[len(prefix) + len(name):]
+    data = {"decision_id": decision_id, "service": service, "request_id": request_id,
+            "subject": pseudonym, "subject_enc": Vault.seal(subject, name, f"{decision_id}:subject"),
+            "domain": request.domain, "object": request.object, "action": request.action,
+            "workflow": request.workflow,
+            "context_enc": Vault.seal(subject, scrub_value(item.context), f"{decision_id}:context")
+            if item.context else None,
+            "allowed": decision.allowed, "reason": reason,
+            "matched": [[pseudonym if field == name else field for field in rule] for rule in decision.matched],
             "policy_version": version}
+    index = {"decision_id": decision_id, "subject": pseudonym, "domain": request.domain,
+             "object": request.object, "action": request.action, "allowed": decision.allowed}
+    return Entry("decision", data, index)

@@ -15,6 +15,7 @@ from audit.ledger import Entry, Ledger
 from authz.decider import CasbinDecider, CompiledDecider
 from authz.models import PolicyRow, PolicyState
 from authz.rules import Policy, PolicyRule, RoleRule
+from audit.vault import Vault
 from authz.model_file import is_bundled_model
 
 _rows = PolicyRow.__table__
@@ -54,9 +55,10 @@ def _rule_from_row(row) -> PolicyRule | RoleRule:
 class PolicyStore:
     """Reads and changes the stored policy; hands out a decider for the current version."""
 
-    def __init__(self, engine: Engine, ledger: Ledger, model_text: str):
+    def __init__(self, engine: Engine, ledger: Ledger, model_text: str, vault: Vault):
         self.engine = engine
         self.ledger = ledger
+        self.vault = vault
         self.model_text = model_text
         self._compiled = is_bundled_model(model_text)
         self._snapshot: Snapshot | None = None
@@ -108,12 +110,35 @@ class PolicyStore:
                 conn.execute(insert(_rows), [_row_values(rule) for rule in added])
             version += 1
             conn.execute(update(_state).where(_state.c.id == 1).values(version=version))
+            shown = self._pseudonymizer(conn, current, policy, added + removed)
             self.ledger.append(conn, [Entry("policy.change", {
                 "actor": actor, "version": version, "replace": replace,
-                "added": [[r.ptype, *r.fields()] for r in added],
-                "removed": [[r.ptype, *r.fields()] for r in removed],
+                "added": [shown(r) for r in added], "removed": [shown(r) for r in removed],
             })])
         return PolicyChange(len(added), len(removed), version)
+
+    def _pseudonymizer(self, conn, current: Policy, wanted: Policy, rows):
+        """Return a function showing a row with people's names replaced by their pseudonyms.
+
+        A name is a role when some `g` row grants it or it starts with `role:`;
+        any other subject of a `p` row or member of a `g` row is a person.
+        """
+        roles = {r.role for r in current.roles | wanted.roles}
+        people = {r.member if isinstance(r, RoleRule) else r.subject for r in rows}
+        people = sorted(n for n in people if n not in roles and not n.startswith("role:"))
+        pseudonyms = {n: s.pseudonym for n, s in self.vault.subjects(conn, people).items()}
+
+        def show(rule) -> list[str]:
+            fields = rule.fields()
+            return [rule.ptype, pseudonyms.get(fields[0], fields[0]), *fields[1:]]
+        return show
+
+    def erase_person(self, identifier: str, actor: str) -> PolicyChange:
+        """Remove every row that names `identifier` as a subject or member (an erasure request)."""
+        current = self.export()
+        keep = Policy(frozenset(r for r in current.rules if r.subject != identifier),
+                      frozenset(r for r in current.roles if r.member != identifier))
+        return self.apply(keep, replace=True, actor=actor)
 
     def export(self) -> Policy:
         with self.engine.connect().execution_options(**READ_ONLY) as conn:

@@ -22,7 +22,8 @@ PG_HOWTO = ("Postgres tests skipped: set WARDEN_TEST_DATABASE_URL="
             "postgresql+psycopg://postgres@127.0.0.1:5432/warden_test (after `createdb warden_test`)")
 
 # Tables emptied between Postgres tests, children first.
-DATA_TABLES = ("ledger_records", "ledger_checkpoints", "ledger_seals", "policy_rules", "service_tokens")
+DATA_TABLES = ("ledger_records", "ledger_checkpoints", "ledger_seals", "policy_rules", "service_tokens",
+               "subject_keys", "privacy_requests")
 
 
 def _postgres_or_skip() -> str:

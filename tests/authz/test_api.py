@@ -37,9 +37,14 @@ def test_allowed_decision_has_the_contract_shape_and_is_recorded(client, auth, w
     record = json.loads(stored)["data"]
     assert record["decision_id"] == body["decision_id"]
     assert record["service"] == "svc-0"
-    assert (record["subject"], record["object"], record["workflow"], record["allowed"]) == (
-        "alice", "db/customers", "maintenance", True)
-    assert record["context"] == {"workflow": "maintenance", "ticket": "OPS-12"}
+    assert (record["object"], record["workflow"], record["allowed"]) == ("db/customers", "maintenance", True)
+    # the person appears only as a pseudonym; identifier and context are sealed with their key
+    with warden.engine.connect() as conn:
+        subject = warden.vault.find(conn, "alice")
+    assert record["subject"] == subject.pseudonym != "alice"
+    assert warden.vault.open(subject, record["subject_enc"], f"{body['decision_id']}:subject") == "alice"
+    assert warden.vault.open(subject, record["context_enc"], f"{body['decision_id']}:context") == {
+        "workflow": "maintenance", "ticket": "OPS-12"}
 
 
 def test_deny_is_an_answer_with_its_reason(client, auth):

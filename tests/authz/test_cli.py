@@ -57,7 +57,11 @@ def test_every_policy_change_is_audited(runner, policy_file, warden):
     runner.invoke(args=["policy", "load", "--replace", policy_file("g, bob, role:engineer, prod\n", "b.csv")])
     changes = [json.loads(r.body)["data"] for r in ledger_rows(warden.engine) if r.kind == "policy.change"]
     assert [c["version"] for c in changes] == [1, 2]
-    assert changes[1]["added"] == [["g", "bob", "role:engineer", "prod"]]
+    with warden.engine.connect().execution_options(**READ_ONLY) as conn:
+        bob = warden.vault.find(conn, "bob").pseudonym
+    assert changes[1]["added"] == [["g", bob, "role:engineer", "prod"]]  # people only by pseudonym
+    assert ["p", "role:contractor", "*", "db/payments*", "*", "*", "deny"] in changes[0]["added"]  # roles by name
+    assert not any("alice" in row for row in changes[0]["added"])
     assert len(changes[1]["removed"]) == 3 and changes[1]["actor"].startswith("cli:")
 
 

@@ -1,0 +1,57 @@
+"""PII recognizers: what each one must catch, and what it must leave alone."""
+
+import pytest
+
+from audit.pii import iban_valid, luhn_valid, scrub, scrub_value
+
+POSITIVES = [
+    ("mail alice.smith+work@example.co.uk now", "<EMAIL>"),
+    ("call +44 20 7946 0958 today", "<PHONE>"),
+    ("call (555) 123-4567", "<PHONE>"),
+    ("tel 0612345678", "<PHONE>"),
+    ("pay to GB82 WEST 1234 5698 7654 32", "<IBAN>"),
+    ("pay to DE89370400440532013000", "<IBAN>"),
+    ("card 4111 1111 1111 1111 exp", "<CARD>"),
+    ("card 5500-0000-0000-0004", "<CARD>"),
+    ("ssn 123-45-6789", "<SSN>"),
+    ("from 192.168.10.1 port", "<IP>"),
+    ("from 2001:db8::8a2e:370:7334 ok", "<IP>"),
+    ("Authorization: Bearer abcdefghijklmnop1234567890", "<TOKEN>"),
+    ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U", "<TOKEN>"),
+    ("key AKIAIOSFODNN7EXAMPLE", "<TOKEN>"),
+    ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789", "<TOKEN>"),
+]
+
+NEGATIVES = [
+    "ticket OPS-12 on 2026-11-29 at 10:00:00",
+    "order 4111 1111 1111 1112 is not a card (Luhn fails)",
+    "invalid GB00WEST12345698765432 iban (mod 97 fails)",
+    "version 1.2.3.4.5 and 999.1.1.1",
+    "room 12-34 and build 2026.11",
+    "db/customers read maintenance",
+    "user@localhost has no domain",
+    "amount 12345678",
+    "time 12:30 and ratio 3:4",
+]
+
+
+@pytest.mark.parametrize("text,placeholder", POSITIVES)
+def test_recognizers_catch(text, placeholder):
+    scrubbed, found = scrub(text)
+    assert placeholder in scrubbed, scrubbed
+    assert sum(found.values()) == 1
+
+
+@pytest.mark.parametrize("text", NEGATIVES)
+def test_recognizers_leave_alone(text):
+    assert scrub(text) == (text, {})
+
+
+def test_checks():
+    assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
+    assert iban_valid("GB82WEST12345698765432") and not iban_valid("GB00WEST12345698765432")
+
+
+def test_scrub_value_walks_json():
+    value = {"ticket": "OPS-12", "note": ["mail bob@example.com", {"ip": "10.0.0.1"}], "rows": 3}
+    assert scrub_value(value) == {"ticket": "OPS-12", "note": ["mail <EMAIL>", {"ip": "<IP>"}], "rows": 3}
