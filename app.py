@@ -27,6 +27,7 @@ class Warden:
     committer: object
     decisions: object
     vault: object
+    privacy: object
     outcomes: object
 
     def authenticate(self, token: str | None):
@@ -110,6 +111,7 @@ def _configure_services(app: Flask) -> None:
     from audit.group_commit import GroupCommitter
     from audit.ledger import Ledger
     from audit.outcomes import OutcomeService
+    from audit.privacy import PrivacyService
     from audit.keyring import Keyring
     from audit.signing import LedgerSigner
     from audit.vault import Vault
@@ -131,6 +133,8 @@ def _configure_services(app: Flask) -> None:
         policies=policies, tokens=TokenService(engine, ledger),
         committer=committer, decisions=DecisionService(committer, policies, vault), vault=vault,
         outcomes=OutcomeService(committer),
+        privacy=PrivacyService(engine, ledger, vault, erasers=[policies.erase_person],
+                               holdings={"policy": policies.rows_naming}),
     )
 
 
@@ -148,18 +152,20 @@ def _start_ledger_jobs(app: Flask, checkpoints) -> None:
 def _configure_http(app: Flask) -> None:
     import audit.web
     from audit.api import bp as audit_bp
+    from audit.privacy_api import bp as privacy_bp
     from authz.api import bp as authz_bp
 
     audit.web.install(app)
     app.register_blueprint(audit_bp)
     app.register_blueprint(authz_bp)
+    app.register_blueprint(privacy_bp)
 
 
 def _configure_cli(app: Flask) -> None:
-    from audit.cli import audit_cli
+    from audit.cli import audit_cli, keys_cli
     from authz.cli import policy_cli, token_cli
 
-    for command in (db_cli, audit_cli, policy_cli, token_cli, serve_command, demo_command):
+    for command in (db_cli, audit_cli, keys_cli, policy_cli, token_cli, serve_command, demo_command):
         app.cli.add_command(command)
 
 
@@ -206,9 +212,22 @@ def _serve_options(f):
 
 @click.command("serve")
 @_serve_options
+@with_appcontext
 def serve_command(host, port, workers, threads, tls_cert, tls_key) -> None:
     """Serve the HTTP API and pages with gunicorn."""
+    preflight(current_app.extensions["warden"])
     run_server(host, port, workers, threads, tls_cert, tls_key)
+
+
+def preflight(warden) -> None:
+    """Refuse to start, loudly, when the keys that protect existing data are missing."""
+    from audit.signing import KeyDirError
+
+    try:
+        with warden.engine.connect() as conn:
+            warden.vault.check(conn)
+    except KeyDirError as exc:
+        raise click.ClickException(f"refusing to start: {exc}") from None
 
 
 def run_server(host: str, port: int, workers: int, threads: int, tls_cert: str | None,
@@ -254,6 +273,7 @@ def demo_command(host, port, workers, threads, tls_cert, tls_key, no_serve) -> N
 
     warden = current_app.extensions["warden"]
     upgrade_database(current_app.config["DATABASE_URL"])
+    preflight(warden)
     token = seed_demo(warden)
     scheme = "https" if tls_cert else "http"
     click.echo(demo_instructions(f"{scheme}://{host}:{port}", token, current_app.config["DATABASE_URL"]))

@@ -11,6 +11,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from audit.checkpoints import export_checkpoint, read_checkpoint_files
+from audit.ledger import Entry
 from audit.retention import purge_ledger
 from audit.search import export_records
 from audit.signing import KeyDirError
@@ -116,3 +117,54 @@ def export_command(since, until, fmt, out) -> None:
         raise click.BadParameter("--until is before --since")
     for line in export_records(_warden().engine, since, until):
         out.write(line + "\n")
+
+
+keys_cli = AppGroup("keys", help="Master keys for people's data keys (kept in WARDEN_KEY_DIR).")
+
+
+@keys_cli.command("status")
+def keys_status() -> None:
+    """List master key versions, which is current, and how many people's keys each wraps."""
+    warden = _warden()
+    with warden.engine.connect() as conn:
+        try:
+            warden.vault.check(conn)
+            used = warden.vault.versions_in_use(conn)
+            versions = warden.vault.keyring.versions
+        except KeyDirError as exc:
+            raise click.ClickException(str(exc)) from None
+    for version in versions:
+        current = " (current)" if version == versions[-1] else ""
+        click.echo(f"master v{version}{current}: wraps {used.get(version, 0)} data key(s)")
+
+
+@keys_cli.command("rotate")
+def keys_rotate() -> None:
+    """Create a new master version and rewrap every data key with it (no personal data is decrypted)."""
+    warden = _warden()
+    try:
+        with warden.engine.begin() as conn:
+            version, count = warden.vault.rotate(conn)
+            warden.ledger.append(conn, [Entry("keys.rotate", {"version": version, "rewrapped": count,
+                                                              "actor": f"cli:{getpass.getuser()}"})])
+    except KeyDirError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"master v{version} is current; rewrapped {count} data key(s). "
+               "Older versions can be retired: warden keys retire VERSION")
+
+
+@keys_cli.command("retire")
+@click.argument("version", type=int)
+def keys_retire(version: int) -> None:
+    """Delete an old master version once no data key is wrapped with it."""
+    warden = _warden()
+    with warden.engine.begin() as conn:
+        used = warden.vault.versions_in_use(conn).get(version, 0)
+        if used:
+            raise click.ClickException(f"master v{version} still wraps {used} data key(s): run warden keys rotate")
+        try:
+            warden.vault.keyring.retire(version)
+        except KeyDirError as exc:
+            raise click.ClickException(str(exc)) from None
+        warden.ledger.append(conn, [Entry("keys.retire", {"version": version, "actor": f"cli:{getpass.getuser()}"})])
+    click.echo(f"master v{version} retired (its file is deleted)")

@@ -133,6 +133,12 @@ class PolicyStore:
             return [rule.ptype, pseudonyms.get(fields[0], fields[0]), *fields[1:]]
         return show
 
+    def rows_naming(self, identifier: str) -> list[list[str]]:
+        """The policy rows that name `identifier` as a subject or member (for an access export)."""
+        current = self.export()
+        return ([["p", *r.fields()] for r in sorted(current.rules) if r.subject == identifier]
+                + [["g", *r.fields()] for r in sorted(current.roles) if r.member == identifier])
+
     def erase_person(self, identifier: str, actor: str) -> PolicyChange:
         """Remove every row that names `identifier` as a subject or member (an erasure request)."""
         current = self.export()
