@@ -62,6 +62,7 @@ def _configure(app: Flask, overrides: dict) -> None:
         DATABASE_URL=env.get("WARDEN_DATABASE_URL") or f"sqlite:///{instance / 'warden.db'}",
         KEY_DIR=env.get("WARDEN_KEY_DIR") or str(instance / "keys"),
         MASTER_KEYS=env.get("WARDEN_MASTER_KEYS"),
+        LOG_DIR=env.get("WARDEN_LOG_DIR") or str(instance / "logs"),
         RETENTION_DAYS=env.get("WARDEN_RETENTION_DAYS", DEFAULT_RETENTION_DAYS),
         MODEL=env.get("WARDEN_MODEL"),
         CHECKPOINT_EVERY=env.get("WARDEN_CHECKPOINT_EVERY", 10_000),
@@ -140,11 +141,15 @@ def _configure_services(app: Flask) -> None:
 
 def _start_ledger_jobs(app: Flask, checkpoints) -> None:
     from audit.jobs import LedgerJobs
+    from audit.logfiles import purge_logs
     from audit.retention import purge_ledger
 
     config, c = app.config, checkpoints
-    LedgerJobs(checkpoints,
-               lambda: purge_ledger(c.engine, c.ledger, c.signer, config["RETENTION_DAYS"], actor="schedule"),
+    def purge():
+        purge_ledger(c.engine, c.ledger, c.signer, config["RETENTION_DAYS"], actor="schedule")
+        purge_logs(config["LOG_DIR"], config["RETENTION_DAYS"])
+
+    LedgerJobs(checkpoints, purge,
                every_records=config["CHECKPOINT_EVERY"], every_seconds=config["CHECKPOINT_SECONDS"],
                purge_hours=config["PURGE_INTERVAL_HOURS"], export_dir=config["CHECKPOINT_DIR"]).start()
 
@@ -162,10 +167,10 @@ def _configure_http(app: Flask) -> None:
 
 
 def _configure_cli(app: Flask) -> None:
-    from audit.cli import audit_cli, keys_cli
+    from audit.cli import audit_cli, keys_cli, logs_cli
     from authz.cli import policy_cli, token_cli
 
-    for command in (db_cli, audit_cli, keys_cli, policy_cli, token_cli, serve_command, demo_command):
+    for command in (db_cli, audit_cli, keys_cli, logs_cli, policy_cli, token_cli, serve_command, demo_command):
         app.cli.add_command(command)
 
 
@@ -238,7 +243,7 @@ def run_server(host: str, port: int, workers: int, threads: int, tls_cert: str |
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
     options = {"bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": "gthread",
-               "accesslog": "-",
+               "accesslog": "-", "logconfig_dict": _log_config(current_app.config["LOG_DIR"]),
                "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'}
     if tls_cert:
         options.update(certfile=tls_cert, keyfile=tls_key, ssl_context=_tls13_context)
@@ -252,6 +257,21 @@ def run_server(host: str, port: int, workers: int, threads: int, tls_cert: str |
             return create_app({"BACKGROUND_JOBS": True})
 
     Server().run()
+
+
+def _log_config(log_dir: str) -> dict:
+    """Gunicorn logging: access and application logs to daily files (purged after retention), errors
+    also to the terminal."""
+    daily = {"class": "audit.logfiles.DailyFileHandler", "log_dir": log_dir, "formatter": "plain"}
+    return {
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+        "handlers": {"daily": daily, "console": {"class": "logging.StreamHandler", "level": "WARNING",
+                                                 "formatter": "plain"}},
+        "loggers": {"gunicorn.access": {"handlers": ["daily"], "level": "INFO", "propagate": False},
+                    "gunicorn.error": {"handlers": ["daily", "console"], "level": "INFO", "propagate": False}},
+        "root": {"handlers": ["daily", "console"], "level": "INFO"},
+    }
 
 
 def _tls13_context(config, default_ssl_context_factory):
@@ -276,7 +296,8 @@ def demo_command(host, port, workers, threads, tls_cert, tls_key, no_serve) -> N
     preflight(warden)
     token = seed_demo(warden)
     scheme = "https" if tls_cert else "http"
-    click.echo(demo_instructions(f"{scheme}://{host}:{port}", token, current_app.config["DATABASE_URL"]))
+    click.echo(demo_instructions(f"{scheme}://{host}:{port}", token, current_app.config["DATABASE_URL"],
+                                 current_app.config["LOG_DIR"]))
     if not no_serve:
         run_server(host, port, workers, threads, tls_cert, tls_key)
 

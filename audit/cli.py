@@ -12,6 +12,7 @@ from flask.cli import AppGroup
 
 from audit.checkpoints import export_checkpoint, read_checkpoint_files
 from audit.ledger import Entry
+from audit.logfiles import purge_logs
 from audit.retention import purge_ledger
 from audit.search import export_records
 from audit.signing import KeyDirError
@@ -168,3 +169,17 @@ def keys_retire(version: int) -> None:
             raise click.ClickException(str(exc)) from None
         warden.ledger.append(conn, [Entry("keys.retire", {"version": version, "actor": f"cli:{getpass.getuser()}"})])
     click.echo(f"master v{version} retired (its file is deleted)")
+
+
+logs_cli = AppGroup("logs", help="Temporary application and access logs (WARDEN_LOG_DIR).")
+
+
+@logs_cli.command("purge")
+@click.option("--older-than", "days", type=click.IntRange(min=1),
+              help="Delete daily log files older than this many days [default: WARDEN_RETENTION_DAYS].")
+def logs_purge(days: int | None) -> None:
+    """Delete log files past the retention period (apart from the ledger's sealed purge)."""
+    days = days or current_app.config["RETENTION_DAYS"]
+    removed = purge_logs(current_app.config["LOG_DIR"], days)
+    click.echo(f"deleted {len(removed)} log file(s) older than {days} days" +
+               (f": {', '.join(removed)}" if removed else ""))

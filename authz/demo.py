@@ -18,7 +18,7 @@ def seed_demo(warden) -> str:
     return warden.tokens.create(DEMO_TOKEN_NAME, ["authorize", "audit:read"], actor="demo", rotate=True)
 
 
-def demo_instructions(base_url: str, token: str, database_url: str) -> str:
+def demo_instructions(base_url: str, token: str, database_url: str, log_dir: str = "") -> str:
     """Return the text `warden demo` prints: where Warden is and what to try first."""
     def curl(body: str) -> str:
         return (f"curl -s {base_url}/v1/authorize -H 'Authorization: Bearer {token}' \\\n"
@@ -32,6 +32,7 @@ def demo_instructions(base_url: str, token: str, database_url: str) -> str:
 Warden demo
   API:        {base_url}   (health: {base_url}/healthz)
   database:   {database_url}
+  logs:       {log_dir}  (daily files, deleted after WARDEN_RETENTION_DAYS)
   token:      {token}
               (service token "{DEMO_TOKEN_NAME}", scopes authorize + audit:read; shown once, new on every run)
 
