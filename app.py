@@ -28,6 +28,9 @@ class Warden:
     decisions: object
     vault: object
     privacy: object
+    accounts: object
+    mfa: object
+    sessions: object
     outcomes: object
 
     def authenticate(self, token: str | None):
@@ -46,7 +49,7 @@ def target_metadata():
 
 def create_app(config: dict | None = None) -> Flask:
     """Return a configured Warden app; `config` overrides the environment (tests use it)."""
-    app = Flask(__name__, instance_relative_config=True)
+    app = Flask(__name__, instance_relative_config=True, static_folder=None)
     app.json.sort_keys = False  # answers read in the order the contract lists their fields
     _configure(app, config or {})
     _configure_services(app)
@@ -70,11 +73,13 @@ def _configure(app: Flask, overrides: dict) -> None:
         CHECKPOINT_DIR=env.get("WARDEN_CHECKPOINT_DIR"),
         PURGE_INTERVAL_HOURS=env.get("WARDEN_PURGE_INTERVAL_HOURS", 24),
         BACKGROUND_JOBS=False,
+        MFA_MAX_FAILURES=env.get("WARDEN_MFA_MAX_FAILURES", 100),
+        SESSION_COOKIE_SECURE=env.get("WARDEN_COOKIE_SECURE", "1") != "0",
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
     )
     app.config.update(overrides)
     for key, low in (("RETENTION_DAYS", 1), ("CHECKPOINT_EVERY", 1), ("CHECKPOINT_SECONDS", 1),
-                     ("PURGE_INTERVAL_HOURS", 0)):
+                     ("PURGE_INTERVAL_HOURS", 0), ("MFA_MAX_FAILURES", 1)):
         app.config[key] = _whole_number(key, app.config[key], low)
     if app.config["DATABASE_URL"].startswith("sqlite:///"):
         Path(app.config["DATABASE_URL"].removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +121,11 @@ def _configure_services(app: Flask) -> None:
     from audit.keyring import Keyring
     from audit.signing import LedgerSigner
     from audit.vault import Vault
+    from authz.accounts import AccountService
     from authz.decisions import DecisionService
+    from authz.mfa import Mfa
+    from authz.passwords import Passwords
+    from authz.sessions import Sessions
     from authz.policy_store import PolicyStore
     from authz.tokens import TokenService
 
@@ -127,6 +136,7 @@ def _configure_services(app: Flask) -> None:
     policies = PolicyStore(engine, ledger, _model_text(app.config["MODEL"]), vault)
     committer = GroupCommitter(engine, ledger)
     checkpoints = Checkpoints(engine, ledger, signer)
+    accounts = AccountService(engine, ledger, vault, Passwords())
     if app.config["BACKGROUND_JOBS"]:
         _start_ledger_jobs(app, checkpoints)
     app.extensions["warden"] = Warden(
@@ -136,6 +146,7 @@ def _configure_services(app: Flask) -> None:
         outcomes=OutcomeService(committer),
         privacy=PrivacyService(engine, ledger, vault, erasers=[policies.erase_person],
                                holdings={"policy": policies.rows_naming}),
+        accounts=accounts, mfa=Mfa(engine, accounts, app.config["MFA_MAX_FAILURES"]), sessions=Sessions(engine),
     )
 
 
@@ -158,19 +169,22 @@ def _configure_http(app: Flask) -> None:
     import audit.web
     from audit.api import bp as audit_bp
     from audit.privacy_api import bp as privacy_bp
+    from authz.pages import bp as pages_bp
     from authz.api import bp as authz_bp
 
     audit.web.install(app)
     app.register_blueprint(audit_bp)
     app.register_blueprint(authz_bp)
     app.register_blueprint(privacy_bp)
+    app.register_blueprint(pages_bp)
 
 
 def _configure_cli(app: Flask) -> None:
     from audit.cli import audit_cli, keys_cli, logs_cli
-    from authz.cli import policy_cli, token_cli
+    from authz.cli import policy_cli, token_cli, user_cli
 
-    for command in (db_cli, audit_cli, keys_cli, logs_cli, policy_cli, token_cli, serve_command, demo_command):
+    for command in (db_cli, audit_cli, keys_cli, logs_cli, policy_cli, token_cli, user_cli, serve_command,
+                    demo_command):
         app.cli.add_command(command)
 
 

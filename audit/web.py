@@ -45,8 +45,8 @@ def _bearer_token() -> str | None:
 
 def _gate():
     view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
-    if view is None or getattr(view, "warden_public", False):
-        return None  # unknown URLs fall through to a JSON 404
+    if view is None or getattr(view, "warden_public", False) or request.endpoint.rsplit(".", 1)[-1] == "static":
+        return None  # unknown URLs fall through to a JSON 404; static files and pages are open to the gate
     scope = getattr(view, "warden_scope", None)
     caller = current_app.extensions["warden"].authenticate(_bearer_token())
     if caller is None:

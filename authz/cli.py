@@ -14,6 +14,7 @@ from authz.tokens import SCOPES, TokenError
 
 policy_cli = AppGroup("policy", help="Load, export and try the Casbin policy.")
 token_cli = AppGroup("token", help="Service tokens for the HTTP API.")
+user_cli = AppGroup("user", help="Accounts of people who sign in to the pages.")
 
 
 def _warden():
@@ -95,3 +96,24 @@ def token_create(name: str, scopes: tuple[str, ...], rotate: bool) -> None:
     click.echo(token)
     click.echo(f"token {name!r} with scope(s) {', '.join(sorted(set(scopes)))}; it is shown only this once.",
                err=True)
+
+
+@user_cli.command("create")
+@click.argument("name")
+@click.option("--role", required=True, help="admin, security-reviewer, or another role name (no second factor "
+                                            "required for those).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of a prompt.")
+def user_create(name: str, role: str, password_stdin: bool) -> None:
+    """Create an account; admins and security reviewers enroll TOTP at first sign-in."""
+    from authz.accounts import MFA_ROLES, AccountError
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        account = _warden().accounts.create(name, role, password, actor=cli_actor())
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"account {account.name!r} ({account.role}) created" +
+               ("; it must enroll TOTP at first sign-in" if account.role in MFA_ROLES else ""))

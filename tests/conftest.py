@@ -23,7 +23,7 @@ PG_HOWTO = ("Postgres tests skipped: set WARDEN_TEST_DATABASE_URL="
 
 # Tables emptied between Postgres tests, children first.
 DATA_TABLES = ("ledger_records", "ledger_checkpoints", "ledger_seals", "policy_rules", "service_tokens",
-               "subject_keys", "privacy_requests")
+               "subject_keys", "privacy_requests", "web_sessions", "recovery_codes", "accounts")
 
 
 def _postgres_or_skip() -> str:
@@ -77,11 +77,12 @@ def database_url(request, tmp_path):
 
 
 @pytest.fixture
-def app(database_url, tmp_path, monkeypatch):
+def app(database_url, tmp_path, monkeypatch, request):
     for name in ("WARDEN_DATABASE_URL", "WARDEN_KEY_DIR", "WARDEN_MODEL", "WARDEN_RETENTION_DAYS"):
         monkeypatch.delenv(name, raising=False)
     app = create_app({"TESTING": True, "DATABASE_URL": database_url, "INSTANCE_PATH": str(tmp_path),
-                      "KEY_DIR": str(tmp_path / "keys")})
+                      "KEY_DIR": str(tmp_path / "keys"), "SESSION_COOKIE_SECURE": False,
+                      "MFA_MAX_FAILURES": 12, **getattr(request, "param_overrides", {})})
     yield app
     app.extensions["warden"].committer.close()
     app.extensions["warden"].engine.dispose()

@@ -151,15 +151,20 @@ def test_token_without_the_scope_is_403(client, make_token, warden):
 
 
 def test_every_route_refuses_an_anonymous_caller(app, client):
-    open_routes = {"/healthz", "/static/<path:filename>"}
+    """APIs answer 401; pages send the visitor to sign in; only a named few are open."""
+    open_routes = {"/healthz", "/static/<path:filename>", "/login", "/"}
     urls = app.url_map.bind("localhost")
     for rule in app.url_map.iter_rules():
         if rule.rule in open_routes:
             continue
         url = urls.build(rule.endpoint, {arg: 1 for arg in rule.arguments})
+        is_page = hasattr(app.view_functions[rule.endpoint], "warden_roles")
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             response = client.open(url, method=method, json={})
-            assert response.status_code == 401, f"{method} {rule.rule} answered {response.status_code}"
+            if is_page:
+                assert response.status_code == 302 and "/login" in response.location, f"{method} {rule.rule}"
+            else:
+                assert response.status_code == 401, f"{method} {rule.rule} answered {response.status_code}"
 
 
 # --- bad input: a 4xx with a message, and nothing written --------------------------------
