@@ -88,7 +88,8 @@ def signed_in(*roles: str, mfa: bool = True):
 def _page_context():
     account = getattr(g, "account", None)
     session = getattr(g, "session", None)
-    return {"account": account, "csrf_token": session.csrf if session else "",
+    mfa_ok = bool(account) and (not account.needs_mfa or (account.mfa_enabled and session.mfa_at is not None))
+    return {"account": account, "csrf_token": session.csrf if session else "", "mfa_ok": mfa_ok,
             "mfa_roles": MFA_ROLES, "admin_role": ADMIN}
 
 
