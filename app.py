@@ -303,15 +303,16 @@ def _tls13_context(config, default_ssl_context_factory):
 @click.option("--no-serve", is_flag=True, help="Prepare the demo and print the steps, but do not serve.")
 def demo_command(host, port, workers, threads, tls_cert, tls_key, no_serve) -> None:
     """Migrate, seed demo roles, policies and a service token, print the first steps, then serve."""
-    from authz.demo import demo_instructions, seed_demo
+    from authz.demo import demo_instructions, seed_accounts, seed_demo
 
     warden = current_app.extensions["warden"]
     upgrade_database(current_app.config["DATABASE_URL"])
     preflight(warden)
     token = seed_demo(warden)
+    passwords = seed_accounts(warden)
     scheme = "https" if tls_cert else "http"
     click.echo(demo_instructions(f"{scheme}://{host}:{port}", token, current_app.config["DATABASE_URL"],
-                                 current_app.config["LOG_DIR"]))
+                                 current_app.config["LOG_DIR"], passwords))
     if not no_serve:
         run_server(host, port, workers, threads, tls_cert, tls_key)
 

@@ -72,6 +72,17 @@ class AccountService:
             self.audit(conn, "account.create", name, role=role, actor=actor)
         return self.get_by_name(name)
 
+    def set_password(self, name: str, password: str, actor: str) -> None:
+        """Replace an account's password (audited); AccountError if unknown or too weak."""
+        if problem := Passwords.problem(password):
+            raise AccountError(problem)
+        with self.engine.begin() as conn:
+            changed = conn.execute(_accounts.update().where(_accounts.c.name == name).values(
+                password_hash=self.passwords.hash(password))).rowcount
+            if not changed:
+                raise AccountError(f"no account named {name!r}")
+            self.audit(conn, "account.password", name, actor=actor)
+
     def get(self, account_id: int) -> Account | None:
         with self.engine.connect().execution_options(**READ_ONLY) as conn:
             row = conn.execute(select(_accounts).where(_accounts.c.id == account_id)).first()

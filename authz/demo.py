@@ -1,11 +1,28 @@
 """The demo: roles, policies and a service token to try Warden with."""
 
+import secrets
 from importlib.resources import files
 
 from audit.db import READ_ONLY
 from authz.rules import parse_policy_csv
 
 DEMO_TOKEN_NAME = "demo"
+
+
+DEMO_ACCOUNTS = (("admin", "admin"), ("reviewer", "security-reviewer"))
+
+
+def seed_accounts(warden) -> dict[str, str]:
+    """Create the demo admin and reviewer, or give them new passwords; return name -> password."""
+    passwords = {}
+    for name, role in DEMO_ACCOUNTS:
+        password = secrets.token_urlsafe(12)
+        if warden.accounts.get_by_name(name) is None:
+            warden.accounts.create(name, role, password, actor="demo")
+        else:
+            warden.accounts.set_password(name, password, actor="demo")
+        passwords[name] = password
+    return passwords
 
 
 def seed_demo(warden) -> str:
@@ -18,7 +35,8 @@ def seed_demo(warden) -> str:
     return warden.tokens.create(DEMO_TOKEN_NAME, ["authorize", "audit:read"], actor="demo", rotate=True)
 
 
-def demo_instructions(base_url: str, token: str, database_url: str, log_dir: str = "") -> str:
+def demo_instructions(base_url: str, token: str, database_url: str, log_dir: str = "",
+                      passwords: dict[str, str] | None = None) -> str:
     """Return the text `warden demo` prints: where Warden is and what to try first."""
     def curl(body: str) -> str:
         return (f"curl -s {base_url}/v1/authorize -H 'Authorization: Bearer {token}' \\\n"
@@ -41,6 +59,12 @@ An allowed request (alice is an engineer; engineers read prod databases for main
 
 A denied request (nothing grants delete):
 {curl(denied)}
+
+First sign-in (the passwords are new on every run):
+  1. open {base_url}/login and sign in as admin / {(passwords or {}).get("admin", "?")}
+  2. scan the QR code with an authenticator app (or type the key), enter the code
+  3. save the 10 recovery codes; you land on {base_url}/admin
+  The reviewer account (security-reviewer) signs in with: reviewer / {(passwords or {}).get("reviewer", "?")}
 
 Then check the ledger from another terminal:
   warden audit verify

@@ -1,6 +1,7 @@
 """`warden policy ...`, `warden token ...` and `warden demo` through Click's test runner."""
 
 import json
+import re
 
 from audit.db import READ_ONLY
 
@@ -127,8 +128,12 @@ def test_demo_seeds_once_and_prints_working_curl(runner, client, warden):
                                                               "Content-Type": "application/json"}).get_json()
                for b in bodies]
     assert [a["allowed"] for a in answers] == [True, False]
+    password = re.search(r"sign in as admin / (\S+)", result.output).group(1)
+    assert warden.accounts.authenticate("admin", password) is not None
+    assert warden.accounts.get_by_name("reviewer").role == "security-reviewer"
     again = runner.invoke(args=["demo", "--no-serve"])
     assert again.exit_code == 0
+    assert warden.accounts.authenticate("admin", password) is None  # new passwords on every run
     assert warden.tokens.check(token) is None  # each run issues a new demo token
     with warden.engine.connect().execution_options(**READ_ONLY) as conn:
         assert warden.policies.version(conn) == 1  # and seeds the policy only once
