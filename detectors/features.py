@@ -1,0 +1,77 @@
+"""Features from ledger events: one numeric row per decision, people only as pseudonyms.
+
+People who opted out of profiling are left out entirely: their decisions give no
+rows, for training or scoring, from the moment the opt-out is recorded.
+"""
+
+import json
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+from sqlalchemy import Engine, select
+
+from audit.db import READ_ONLY
+from audit.models import LedgerRecord
+from audit.vault import Vault
+
+_records = LedgerRecord.__table__
+WINDOW = timedelta(hours=1)
+FEATURE_NAMES = ("hour", "weekday", "off_hours", "denied", "no_workflow", "writes", "domain_wide_object",
+                 "subject_events_1h", "subject_distinct_objects_1h", "subject_denials_1h", "new_object_for_subject")
+_WRITES = {"write", "update", "delete", "insert", "drop", "truncate", "alter", "export"}
+
+
+@dataclass(frozen=True)
+class DecisionEvent:
+    """What the detectors know of one decision: no identifier, no context."""
+
+    seq: int
+    time: datetime
+    subject: str          # pseudonym
+    domain: str
+    object: str
+    action: str
+    workflow: str
+    allowed: bool
+
+
+def decision_events(engine: Engine, vault: Vault, after_seq: int = 0) -> Iterator[DecisionEvent]:
+    """Decisions after `after_seq` in ledger order, without those of people who opted out."""
+    with engine.connect().execution_options(**READ_ONLY) as conn, conn.begin():
+        opted_out = vault.opted_out(conn)
+        query = (select(_records.c.seq, _records.c.body)
+                 .where(_records.c.kind == "decision", _records.c.seq > after_seq).order_by(_records.c.seq))
+        for row in conn.execute(query):
+            record = json.loads(row.body)
+            data = record["data"]
+            if data["subject"] in opted_out:
+                continue
+            yield DecisionEvent(row.seq, datetime.fromisoformat(record["time"].replace("Z", "+00:00")),
+                                data["subject"], data["domain"], data["object"], data["action"],
+                                data["workflow"], data["allowed"])
+
+
+def extract(events: Iterable[DecisionEvent]) -> tuple[list[int], np.ndarray]:
+    """Return the seqs and a (n, len(FEATURE_NAMES)) matrix; per-person counts look back one hour."""
+    events = sorted(events, key=lambda e: e.seq)
+    recent: dict[str, deque] = defaultdict(deque)
+    seen_objects: dict[str, set] = defaultdict(set)
+    rows = []
+    for event in events:
+        window = recent[event.subject]
+        while window and event.time - window[0].time > WINDOW:
+            window.popleft()
+        rows.append((
+            event.time.hour, event.time.weekday(), float(event.time.hour < 7 or event.time.hour >= 20),
+            float(not event.allowed), float(not event.workflow), float(event.action.lower() in _WRITES),
+            float(event.object.endswith("*")),
+            len(window), len({e.object for e in window}), sum(not e.allowed for e in window),
+            float(event.object not in seen_objects[event.subject]),
+        ))
+        window.append(event)
+        seen_objects[event.subject].add(event.object)
+    matrix = np.array(rows, dtype=float).reshape(len(rows), len(FEATURE_NAMES))
+    return [e.seq for e in events], matrix
