@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select
 
 from audit.chain import canonical_json, chain_hash, record_body, utcnow
 from audit.db import READ_ONLY

@@ -43,32 +43,28 @@ class LedgerHead(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
-class LedgerCheckpoint(Base):
-    """A signed (seq, hash) of the chain head; the signature key lives outside the database."""
+class _SignedStatement:
+    """Columns of a signed (seq, hash) statement; the signing key lives outside the database."""
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    key_id: Mapped[str] = mapped_column(String(16))
+    signature: Mapped[str] = mapped_column(String(128))
+    statement: Mapped[str] = mapped_column(Text)
+
+
+class LedgerCheckpoint(_SignedStatement, Base):
+    """A signed (seq, hash) of the chain head."""
 
     __tablename__ = "ledger_checkpoints"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    seq: Mapped[int] = mapped_column(BigInteger, index=True)
-    hash: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    key_id: Mapped[str] = mapped_column(String(16))
-    signature: Mapped[str] = mapped_column(String(128))
-    statement: Mapped[str] = mapped_column(Text)
 
-
-class LedgerSeal(Base):
+class LedgerSeal(_SignedStatement, Base):
     """A signed (seq, hash) of the last record a retention purge removed."""
 
     __tablename__ = "ledger_seals"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    seq: Mapped[int] = mapped_column(BigInteger, index=True)
-    hash: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    key_id: Mapped[str] = mapped_column(String(16))
-    signature: Mapped[str] = mapped_column(String(128))
-    statement: Mapped[str] = mapped_column(Text)
 
 
 class SubjectKey(Base):

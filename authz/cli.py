@@ -39,7 +39,7 @@ def policy_load(file, replace: bool) -> None:
     except PolicyFileError as exc:
         for line, message in exc.errors:
             click.echo(f"{file.name}:{line}: {message}", err=True)
-        raise click.ClickException(f"{len(exc.errors)} bad row(s); nothing was loaded")
+        raise click.ClickException(f"{len(exc.errors)} bad row(s); nothing was loaded") from None
     except UnicodeDecodeError:
         raise click.ClickException(f"{file.name} is not UTF-8 text; nothing was loaded") from None
     change = _warden().policies.apply(policy, replace=replace, actor=cli_actor())

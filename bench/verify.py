@@ -10,7 +10,6 @@ record, its link, its seq and kind. Prints both rates and their ratio.
 """
 
 import argparse
-import os
 import tempfile
 import time
 from contextlib import closing

@@ -7,6 +7,8 @@ Set WARDEN_REQUIRE_POSTGRES=1 (CI does) to make a missing server a failure.
 
 import os
 import shutil
+import socket
+import time
 
 import pytest
 from sqlalchemy import text
@@ -149,3 +151,22 @@ def ledger_rows(engine):
     """Return every stored ledger row, in seq order."""
     with engine.connect().execution_options(**READ_ONLY) as conn:
         return conn.execute(text("SELECT seq, prev_hash, hash, kind, body FROM ledger_records ORDER BY seq")).all()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    """Return once something accepts connections on `port`, or fail the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"nothing listens on port {port} after {timeout:.0f}s")

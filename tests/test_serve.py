@@ -2,7 +2,6 @@
 
 import datetime
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from app import upgrade_database
+from tests.conftest import free_port, wait_for_port
 from audit.logfiles import DailyFileHandler, purge_logs
 
 
@@ -35,12 +35,6 @@ def self_signed(tmp_path):
     return str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def tls_server(tmp_path):
     url = f"sqlite:///{tmp_path / 'serve.db'}"
@@ -52,13 +46,7 @@ def tls_server(tmp_path):
     server = subprocess.Popen([sys.executable, "-c", "import app; app.main()", "serve", "--port", str(port),
                                "--workers", "1", "--tls-cert", cert, "--tls-key", key],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
+    wait_for_port(port)
     yield port, cert, tmp_path / "logs"
     server.terminate()
     server.wait(timeout=30)

@@ -5,7 +5,6 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import text
 
 from audit.chain import GENESIS_HASH, chain_hash, record_body, utcnow
 from audit.ledger import Entry

@@ -7,16 +7,15 @@ browser. Skipped when it is missing, unless WARDEN_REQUIRE_BROWSER=1 (CI sets it
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 
 import pyotp
 import pytest
 
 from app import upgrade_database
+from tests.conftest import free_port, wait_for_port
 
 CHROMIUM = os.environ.get("WARDEN_CHROMIUM", "/usr/bin/chromium")
 PASSWORD = "correct horse battery staple"
@@ -32,12 +31,6 @@ def _browser_or_skip():
     return pytest.importorskip("playwright.sync_api")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     url = f"sqlite:///{tmp_path / 'browser.db'}"
@@ -50,13 +43,7 @@ def server(tmp_path):
     port = free_port()
     process = subprocess.Popen([*warden, "serve", "--port", str(port), "--workers", "1"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
+    wait_for_port(port)
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(timeout=30)
