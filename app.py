@@ -322,6 +322,11 @@ def cli():
     """Warden: access decisions with a tamper-evident audit ledger."""
 
 
+# Flask's --app, --env-file and --debug options mean nothing for Warden (the app is fixed, config comes
+# from WARDEN_* variables): keep `warden --help` to what a Warden operator can use.
+cli.params = [param for param in cli.params if param.name not in ("app", "env_file", "debug")]
+
+
 def main() -> None:
     """Entry point of the `warden` console script."""
     cli(prog_name="warden")
