@@ -262,14 +262,21 @@ def run_server(host: str, port: int, workers: int, threads: int, tls_cert: str |
     if tls_cert:
         options.update(certfile=tls_cert, keyfile=tls_key, ssl_context=_tls13_context)
 
+    # Gunicorn 25+ opens a control socket in $HOME shared by every instance; Warden does not use it.
+    options["control_socket_disable"] = True
+
     class Server(BaseApplication):
         def load_config(self):
             for key, value in options.items():
-                self.cfg.set(key, value)
+                if key in self.cfg.settings:  # older gunicorn lacks some settings
+                    self.cfg.set(key, value)
 
         def load(self):
             return create_app({"BACKGROUND_JOBS": True})
 
+    scheme = "https (TLS 1.3 only)" if tls_cert else "http"
+    click.echo(f"Warden listening on {scheme}://{host}:{port} ({workers} workers x {threads} threads); "
+               f"access and application logs in {current_app.config['LOG_DIR']}; Ctrl-C stops it.")
     Server().run()
 
 

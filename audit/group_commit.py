@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from audit.ledger import Appended, Entry, Ledger
 
@@ -95,15 +96,19 @@ class GroupCommitter:
             self._commit(batch)
 
     def _commit(self, batch: list["_Item"]) -> None:
-        refused: list[tuple[Future, Refused]] = []
+        refused: list[tuple[Future, BaseException]] = []
         try:
             with self.engine.begin() as conn:
                 memo: dict = {}
                 prepared: dict[int, tuple[list[Entry], Any]] = {}
                 _prepare(batch, conn, memo, prepared, refused, under_lock=False)
-                for mine, _ in prepared.values():
-                    for entry in mine:
-                        entry.data_json  # noqa: B018 - serialize before taking the lock
+                for index, (mine, _) in list(prepared.items()):
+                    try:
+                        for entry in mine:
+                            entry.data_json  # noqa: B018 - serialize before taking the lock
+                    except (ValueError, TypeError, UnicodeError) as exc:  # that caller's data, not the batch
+                        del prepared[index]
+                        refused.append((batch[index].future, exc))
                 head = self.ledger.lock_head(conn)
                 _prepare(batch, conn, memo, prepared, refused, under_lock=True)
                 done, entries = [], []
@@ -133,9 +138,16 @@ class _Item:
 
 def _prepare(batch: list[_Item], conn: Connection, memo: dict, prepared: dict, refused: list, *,
              under_lock: bool) -> None:
+    """Run each item's prepare; one that refuses or chokes on its own data fails alone.
+
+    A database error is different: the transaction is broken for everyone, so it
+    fails the batch.
+    """
     for index, item in enumerate(batch):
         if item.under_lock == under_lock:
             try:
                 prepared[index] = item.prepare(conn, memo)
-            except Refused as refusal:
-                refused.append((item.future, refusal))
+            except SQLAlchemyError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - handed to that caller, not swallowed
+                refused.append((item.future, exc))

@@ -34,7 +34,9 @@ def outcome_problem(body: dict) -> str | None:
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63):
             return f"{name} must be a whole number >= 0"
-    status = body.get("status", "ok")
+    status = body.get("status")
+    if status is None:
+        return "status is required (a short word such as ok or error): one report per decision, so send it whole"
     if not isinstance(status, str) or not _STATUS.match(status):
         return "status must be a short word (letters, digits, . _ -), such as ok or error"
     return None
@@ -66,7 +68,7 @@ class OutcomeService:
             reported.add(decision_id)
             data = {"decision_id": decision_id, "decision_seq": decision.seq, "service": service,
                     "rows": body.get("rows"), "bytes": body.get("bytes"),
-                    "duration_ms": body.get("duration_ms"), "status": body.get("status", "ok")}
+                    "duration_ms": body.get("duration_ms"), "status": body["status"]}
             return [Entry("outcome", data, {"decision_id": decision_id})], decision.seq
 
         appended, decision_seq = self.committer.submit(prepare, under_lock=True)

@@ -58,18 +58,24 @@ class PrivacyService:
         request_id = str(uuid.uuid4())
         now = utcnow()
         with self.engine.begin() as conn:
-            person = self.vault.subjects(conn, [subject])[subject]
+            # An opt-out must be remembered for later; for access and erasure, nobody is made up.
+            person = (self.vault.subjects(conn, [subject])[subject] if kind == "opt_out"
+                      else self.vault.find(conn, subject))
+            pseudonym = person.pseudonym if person else ""
             history = [_step("received", actor, now), _step("verified", actor, now,
                                                             "identity vouched for by the caller"),
                        _step("in_progress", actor, now)]
             conn.execute(insert(_requests).values(
-                id=request_id, kind=kind, status="in_progress", pseudonym=person.pseudonym,
-                subject_enc=Vault.seal(person, subject, f"privacy:{request_id}"), received_at=now,
-                due_at=due_date(now), history=json.dumps(history)))
+                id=request_id, kind=kind, status="in_progress", pseudonym=pseudonym,
+                subject_enc=Vault.seal(person, subject, f"privacy:{request_id}") if person else None,
+                received_at=now, due_at=due_date(now), history=json.dumps(history)))
             self.ledger.append(conn, [Entry("privacy.request", {"request_id": request_id, "kind": kind,
-                                                                "subject": person.pseudonym, "actor": actor})])
+                                                                "subject": pseudonym, "actor": actor})])
+        if person is None:
+            self._finish(request_id, "completed", actor, "Warden holds no data about this person")
+            return self.get(request_id)
         try:
-            note = self._carry_out(request_id, kind, subject, person.pseudonym, actor)
+            note = self._carry_out(request_id, kind, subject, pseudonym, actor)
             self._finish(request_id, "completed", actor, note)
         except Exception as exc:
             self._finish(request_id, "failed", actor, f"{type(exc).__name__}")
@@ -127,6 +133,9 @@ class PrivacyService:
         request = self.get(request_id)
         if request["kind"] != "access":
             raise UnknownRequest(request_id)
+        if not request["subject"]:
+            return {"subject": None, "pseudonym": None, "generated_at": format_time(utcnow()), "decisions": [],
+                    "note": "Warden held no data about this person when the request was made"}
         with self.engine.connect().execution_options(**READ_ONLY) as conn:
             person = self.vault.by_pseudonym(conn, request["subject"])
             if person is None:

@@ -64,14 +64,41 @@ def read_json(max_depth: int = 8) -> dict:
         raise ApiError(400, "bad_request", "send a JSON body with Content-Type: application/json")
     raw = request.get_data(cache=True)
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+    if _has_lone_surrogate(body):
+        raise ApiError(400, "bad_json", "the body holds a lone UTF-16 surrogate (\\ud800-\\udfff): not valid text")
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
     if _depth(body) > max_depth:
         raise ApiError(400, "bad_request", f"the body nests deeper than {max_depth} levels")
     return body
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is too large for a JSON number")
+    return value
+
+
+def _has_lone_surrogate(value) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def _depth(value, level: int = 1) -> int:

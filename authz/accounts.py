@@ -16,6 +16,7 @@ from authz.rules import name_problem
 _accounts = AccountRow.__table__
 ADMIN = "admin"
 REVIEWER = "security-reviewer"
+USER = "user"
 MFA_ROLES = (ADMIN, REVIEWER)  # these must pass TOTP in every session
 
 
@@ -57,11 +58,16 @@ class AccountService:
             data["account"] = self.vault.subjects(conn, [name])[name].pseudonym
         self.ledger.append(conn, [Entry(kind, data)])
 
-    def create(self, name: str, role: str, password: str, actor: str) -> Account:
+    def create(self, name: str, role: str, password: str, actor: str,
+               policy_roles: frozenset[str] = frozenset()) -> Account:
+        """Create an account with `role`: admin, security-reviewer, user, or a role the policy grants."""
         if problem := name_problem(name, "account name"):
             raise AccountError(problem)
-        if problem := name_problem(role, "role"):
-            raise AccountError(problem)
+        allowed = {ADMIN, REVIEWER, USER} | set(policy_roles)
+        if role not in allowed:
+            raise AccountError(f"unknown role {role!r}: choose {ADMIN}, {REVIEWER}, {USER}"
+                               + (f", or a role of the policy ({', '.join(sorted(policy_roles))})"
+                                  if policy_roles else ""))
         if problem := Passwords.problem(password):
             raise AccountError(problem)
         with self.engine.begin() as conn:

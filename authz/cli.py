@@ -32,7 +32,8 @@ def cli_actor() -> str:
 @policy_cli.command("load")
 @click.argument("file", type=click.File("r", encoding="utf-8"))
 @click.option("--replace", is_flag=True, help="Make the file the whole policy (rows not in it are removed).")
-def policy_load(file, replace: bool) -> None:
+@click.option("--allow-empty", is_flag=True, help="With --replace, let a file without rows empty the policy.")
+def policy_load(file, replace: bool, allow_empty: bool) -> None:
     """Load Casbin CSV rows (`p, ...` and `g, ...`); any bad row and nothing is loaded."""
     try:
         policy = parse_policy_csv(file.read())
@@ -42,6 +43,9 @@ def policy_load(file, replace: bool) -> None:
         raise click.ClickException(f"{len(exc.errors)} bad row(s); nothing was loaded") from None
     except UnicodeDecodeError:
         raise click.ClickException(f"{file.name} is not UTF-8 text; nothing was loaded") from None
+    if replace and not len(policy) and not allow_empty:
+        raise click.ClickException(f"{file.name} has no rows: --replace would remove the whole policy and deny "
+                                   "everything; add --allow-empty if that is what you want")
     change = _warden().policies.apply(policy, replace=replace, actor=cli_actor())
     if not change.added and not change.removed:
         click.echo(f"policy unchanged (version {change.version})")
@@ -100,8 +104,8 @@ def token_create(name: str, scopes: tuple[str, ...], rotate: bool) -> None:
 
 @user_cli.command("create")
 @click.argument("name")
-@click.option("--role", required=True, help="admin, security-reviewer, or another role name (no second factor "
-                                            "required for those).")
+@click.option("--role", required=True, help="admin or security-reviewer (both must use TOTP), user, or a role "
+                                            "the policy grants.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of a prompt.")
 def user_create(name: str, role: str, password_stdin: bool) -> None:
     """Create an account; admins and security reviewers enroll TOTP at first sign-in."""
@@ -112,7 +116,9 @@ def user_create(name: str, role: str, password_stdin: bool) -> None:
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
-        account = _warden().accounts.create(name, role, password, actor=cli_actor())
+        warden = _warden()
+        policy_roles = frozenset(r.role for r in warden.policies.export().roles)
+        account = warden.accounts.create(name, role, password, actor=cli_actor(), policy_roles=policy_roles)
     except AccountError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"account {account.name!r} ({account.role}) created" +

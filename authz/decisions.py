@@ -4,7 +4,7 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from audit.group_commit import CommitFailed, GroupCommitter
+from audit.group_commit import GroupCommitter
 from audit.ledger import Entry
 from audit.pii import scrub_value
 from audit.vault import Subject, Vault
@@ -53,8 +53,9 @@ class DecisionService:
 
         try:
             appended, (snapshot, decided) = self.committer.submit(prepare)
-        except CommitFailed as exc:
-            log.error("ledger append failed, denying %d request(s): %s", len(requests), exc)
+        except Exception as exc:  # CommitFailed, a lost key, anything: no record, so no decision
+            log.error("decision not recorded, denying %d request(s): %s: %s", len(requests),
+                      type(exc).__name__, exc)
             raise AuditUnavailable(str(exc)) from exc
         return [{"allowed": decision.allowed, "decision_id": decision_id, "audit_seq": record.seq,
                  "policy_version": snapshot.version, "reason": decision.reason,

@@ -128,8 +128,9 @@ def login():
                 response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
                 return _set_session_cookie(response, raw_id)
     token = secrets.token_urlsafe(32)
+    status = 200 if error is None else 400 if error.startswith("The form expired") else 401
     response = Response(render_template("login.html", error=error, next=next_path or "", login_csrf=token),
-                        status=401 if error else 200)
+                        status=status)
     response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="Strict", path="/login",
                         secure=current_app.config["SESSION_COOKIE_SECURE"])
     return response

@@ -68,7 +68,7 @@ class TokenService:
         with self.engine.begin() as conn:
             exists = conn.execute(select(_tokens.c.id).where(_tokens.c.name == name)).scalar_one_or_none()
             if exists is not None and not rotate:
-                raise TokenError(f"a token named {name!r} exists already")
+                raise TokenError(f"a token named {name!r} exists already; add --rotate to replace it")
             if exists is None:
                 conn.execute(insert(_tokens).values(name=name, **values))
             else:

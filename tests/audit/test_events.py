@@ -40,9 +40,10 @@ def test_outcome_is_chained_after_its_decision(client, auth, decided, warden):
 
 
 def test_outcome_for_an_unknown_decision_is_404_and_a_second_is_409(client, auth, decided, make_token):
-    assert client.post("/v1/audit/events", json={"decision_id": "nope"}, headers=auth).status_code == 404
+    assert client.post("/v1/audit/events", json={"decision_id": "nope", "status": "ok"},
+                       headers=auth).status_code == 404
     other = {"Authorization": f"Bearer {make_token('authorize')}"}
-    report = {"decision_id": decided[1]["decision_id"], "rows": 1}
+    report = {"decision_id": decided[1]["decision_id"], "rows": 1, "status": "ok"}
     assert client.post("/v1/audit/events", json=report, headers=other).status_code == 404  # not its decision
     assert client.post("/v1/audit/events", json=report, headers=auth).status_code == 201
     again = client.post("/v1/audit/events", json=report, headers=auth)
@@ -51,12 +52,13 @@ def test_outcome_for_an_unknown_decision_is_404_and_a_second_is_409(client, auth
 
 @pytest.mark.parametrize("report,message", [
     ({}, "decision_id is required"),
+    ({"decision_id": "x"}, "status is required"),
     ({"decision_id": 5}, "decision_id is required"),
-    ({"decision_id": "x", "rows": -1}, "rows must be"),
-    ({"decision_id": "x", "bytes": "10"}, "bytes must be"),
-    ({"decision_id": "x", "duration_ms": True}, "duration_ms must be"),
+    ({"decision_id": "x", "rows": -1, "status": "ok"}, "rows must be"),
+    ({"decision_id": "x", "bytes": "10", "status": "ok"}, "bytes must be"),
+    ({"decision_id": "x", "duration_ms": True, "status": "ok"}, "duration_ms must be"),
     ({"decision_id": "x", "status": "not ok!"}, "status must be"),
-    ({"decision_id": "x", "row": 1}, "unknown field"),
+    ({"decision_id": "x", "row": 1, "status": "ok"}, "unknown field"),
 ])
 def test_bad_outcome_reports_are_400(client, auth, report, message, warden):
     before = ledger_rows(warden.engine)
@@ -74,7 +76,7 @@ def test_concurrent_duplicate_outcomes_cannot_both_land(warden, decided):
 
     def report():
         try:
-            warden.outcomes.report("svc-0", {"decision_id": decided[2]["decision_id"]})
+            warden.outcomes.report("svc-0", {"decision_id": decided[2]["decision_id"], "status": "ok"})
             results.append("ok")
         except DuplicateOutcome:
             results.append("dup")

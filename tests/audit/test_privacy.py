@@ -36,7 +36,7 @@ def traffic(client, auth, load_policy):
                 "context": {"workflow": "maintenance", "ticket": SECRET_TICKET,
                             "note": f"asked by {subject}@example.com"}}
         answers[subject] = client.post("/v1/authorize", json=body, headers=auth).get_json()
-    client.post("/v1/audit/events", json={"decision_id": answers["alice"]["decision_id"], "rows": 7},
+    client.post("/v1/audit/events", json={"decision_id": answers["alice"]["decision_id"], "rows": 7, "status": "ok"},
                 headers=auth)
     return answers
 
@@ -203,3 +203,15 @@ def test_master_keys_from_the_environment(tmp_path):
     ring = Keyring(tmp_path / "unused", keys).ensure()
     assert ring.versions == [1, 2] and ring.current_version == 2
     assert not (tmp_path / "unused").exists()
+
+
+def test_requests_about_unknown_people_make_up_nobody(client, privacy_headers, warden):
+    for kind in ("access", "erasure"):
+        request = client.post("/v1/privacy/requests", json={"subject": "nobody-ever", "kind": kind},
+                              headers=privacy_headers).get_json()
+        assert request["status"] == "completed" and request["subject"] == ""
+        assert request["history"][-1]["note"] == "Warden holds no data about this person"
+    export = client.get(f"/v1/privacy/requests/{request['id']}/export", headers=privacy_headers)
+    assert export.status_code == 404  # an erasure has no export
+    with warden.engine.connect() as conn:
+        assert warden.vault.find(conn, "nobody-ever") is None

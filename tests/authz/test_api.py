@@ -185,6 +185,11 @@ BAD_BODIES = [
     (json.dumps({**ALLOWED, "context": {"blob": "x" * 5000}}), "invalid_request"),
     (json.dumps({**ALLOWED, "subjet": "typo"}), "invalid_request"),
     (json.dumps({**ALLOWED, "context": {"a": [[[[[[[[[[1]]]]]]]]]]}}), "bad_request"),
+    ('{"subject": "alice", "domain": "prod", "object": "db/x", "action": "read", "context": {"n": NaN}}', "bad_json"),
+    ('{"subject": "alice", "domain": "prod", "object": "db/x", "action": "read", "context": {"n": 1e999}}',
+     "bad_json"),
+    ('{"subject": "alice", "domain": "prod", "object": "db/x", "action": "read", "context": {"n": "\\ud800"}}',
+     "bad_json"),
 ]
 
 
@@ -290,3 +295,27 @@ def test_no_durable_record_means_deny_with_503(client, auth, warden, verify, pat
 
 def test_healthz(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_one_callers_unrecordable_data_does_not_fail_the_others(warden):
+    """Defence in depth behind the 400s: an item that cannot be serialized fails alone."""
+    import threading
+
+    from audit.ledger import Entry
+
+    results, gate = [], threading.Barrier(6)
+
+    def submit(bad: bool):
+        gate.wait()
+        data = {"n": float("nan")} if bad else {"n": 1}
+        try:
+            warden.committer.submit(lambda conn, memo: ([Entry("test", data)], None))
+            results.append("ok")
+        except ValueError:
+            results.append("refused")
+    threads = [threading.Thread(target=submit, args=(i == 0,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["ok"] * 5 + ["refused"]

@@ -79,6 +79,15 @@ def test_bad_file_names_lines_and_loads_nothing(runner, policy_file, warden):
     assert "role:engineer" in runner.invoke(args=["policy", "export"]).output
 
 
+def test_replacing_with_an_empty_file_needs_allow_empty(runner, policy_file):
+    runner.invoke(args=["policy", "load", policy_file(POLICY)])
+    refused = runner.invoke(args=["policy", "load", "--replace", policy_file("# nothing\n", "empty.csv")])
+    assert refused.exit_code == 1 and "--allow-empty" in refused.output
+    assert "role:engineer" in runner.invoke(args=["policy", "export"]).output
+    emptied = runner.invoke(args=["policy", "load", "--replace", "--allow-empty", policy_file("", "e.csv")])
+    assert emptied.exit_code == 0 and runner.invoke(args=["policy", "export"]).output == ""
+
+
 def test_missing_file_is_a_usage_error(runner):
     result = runner.invoke(args=["policy", "load", "/nonexistent/policy.csv"])
     assert result.exit_code == 2 and "No such file" in result.output

@@ -11,6 +11,7 @@ from freezegun import freeze_time
 
 from authz.mfa import MfaError, delay_after
 from authz.pages import COOKIE
+from authz.rules import parse_policy_csv
 from tests.conftest import ledger_rows
 
 T0 = datetime(2026, 11, 29, 9, 0, 0, tzinfo=timezone.utc)
@@ -102,7 +103,7 @@ def test_generic_failure_for_unknown_user_and_wrong_password(client, admin, ward
 
 def test_login_form_needs_its_csrf_cookie(client, admin):
     response = client.post("/login", data={"name": "ada", "password": PASSWORD, "csrf_token": "forged"})
-    assert response.status_code == 401 and "expired" in response.get_data(as_text=True)
+    assert response.status_code == 400 and "expired" in response.get_data(as_text=True)
 
 
 def test_session_id_changes_at_sign_in_and_at_mfa(client, admin, clock):
@@ -124,7 +125,7 @@ def test_cookie_flags(warden, app, admin):
 
 
 def test_posts_without_the_session_csrf_token_are_refused(client, warden):
-    warden.accounts.create("uma", "analyst", PASSWORD, actor="test")
+    warden.accounts.create("uma", "user", PASSWORD, actor="test")
     login(client, "uma")
     response = client.post("/privacy", data={"kind": "opt_out"})
     assert response.status_code == 400 and "security token" in response.get_data(as_text=True)
@@ -133,7 +134,7 @@ def test_posts_without_the_session_csrf_token_are_refused(client, warden):
 
 
 def test_idle_and_absolute_timeouts(client, warden, clock):
-    warden.accounts.create("uma", "analyst", PASSWORD, actor="test")
+    warden.accounts.create("uma", "user", PASSWORD, actor="test")
     login(client, "uma")
     assert client.get("/privacy").status_code == 200
     clock.tick(timedelta(minutes=31))
@@ -275,7 +276,7 @@ def test_reviewer_needs_mfa_too_and_ordinary_users_do_not(client, warden):
     warden.accounts.create("rex", "security-reviewer", PASSWORD, actor="test")
     assert login(client, "rex").location.startswith("/mfa/enroll")
     other = client.application.test_client()
-    warden.accounts.create("uma", "analyst", PASSWORD, actor="test")
+    warden.accounts.create("uma", "user", PASSWORD, actor="test")
     assert login(other, "uma").location == "/privacy"
     assert other.get("/admin").status_code == 403
 
@@ -319,7 +320,7 @@ def test_privacy_self_service(client, warden, auth, load_policy):
     load_policy("p, uma, prod, db/*, read, *, allow\n")
     client.post("/v1/authorize", headers=auth, json={"subject": "uma", "domain": "prod", "object": "db/x",
                                                      "action": "read", "context": {"ticket": "T-1"}})
-    warden.accounts.create("uma", "analyst", PASSWORD, actor="test")
+    warden.accounts.create("uma", "user", PASSWORD, actor="test")
     login(client, "uma")
     token = csrf_of(client, "/privacy")
     page = client.post("/privacy", data={"kind": "access", "csrf_token": token}).get_data(as_text=True)
@@ -341,3 +342,9 @@ def test_user_create_cli(runner, warden):
     again = runner.invoke(args=["user", "create", "ada", "--role", "admin", "--password-stdin"],
                           input=PASSWORD + "\n")
     assert again.exit_code == 1 and "exists already" in again.output
+    typo = runner.invoke(args=["user", "create", "cy", "--role", "admn", "--password-stdin"], input=PASSWORD + "\n")
+    assert typo.exit_code == 1 and "unknown role 'admn'" in typo.output
+    warden.policies.apply(parse_policy_csv("g, someone, role:analyst, *\n"), replace=False, actor="test")
+    analyst = runner.invoke(args=["user", "create", "cy", "--role", "role:analyst", "--password-stdin"],
+                            input=PASSWORD + "\n")
+    assert analyst.exit_code == 0, analyst.output
