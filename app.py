@@ -170,6 +170,7 @@ def _configure_http(app: Flask) -> None:
     from audit.api import bp as audit_bp
     from audit.privacy_api import bp as privacy_bp
     from authz.pages import bp as pages_bp
+    from authz.policy_api import bp as policy_bp
     from authz.api import bp as authz_bp
 
     audit.web.install(app)
@@ -177,6 +178,7 @@ def _configure_http(app: Flask) -> None:
     app.register_blueprint(authz_bp)
     app.register_blueprint(privacy_bp)
     app.register_blueprint(pages_bp)
+    app.register_blueprint(policy_bp)
 
 
 def _configure_cli(app: Flask) -> None:

@@ -133,6 +133,15 @@ class PolicyStore:
             return [rule.ptype, pseudonyms.get(fields[0], fields[0]), *fields[1:]]
         return show
 
+    def remove(self, rows: Policy, *, actor: str) -> PolicyChange:
+        """Remove exactly these rows (those not present are ignored), audited, in one transaction."""
+        current = self.export()
+        keep = Policy(current.rules - rows.rules, current.roles - rows.roles)
+        if len(keep) == len(current):
+            with self.engine.connect().execution_options(**READ_ONLY) as conn:
+                return PolicyChange(0, 0, self.version(conn))
+        return self.apply(keep, replace=True, actor=actor)
+
     def rows_naming(self, identifier: str) -> list[list[str]]:
         """The policy rows that name `identifier` as a subject or member (for an access export)."""
         current = self.export()
