@@ -1,6 +1,8 @@
 """Composition root: configuration, database, services, blueprints and the `warden` CLI."""
 
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -338,4 +340,8 @@ cli.params = [param for param in cli.params if param.name not in ("app", "env_fi
 
 def main() -> None:
     """Entry point of the `warden` console script."""
+    if len(sys.argv) > 1 and sys.argv[1] in ("serve", "demo") and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Gunicorn workers are processes: their metrics are summed through files in a fresh folder,
+        # which must be named before prometheus_client is first imported.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="warden-metrics-")
     cli(prog_name="warden")

@@ -29,6 +29,17 @@ def healthz():
     return jsonify({"status": "ok"})
 
 
+@bp.get("/metrics")
+@public
+def metrics():
+    """Prometheus text format. Open like /healthz: it holds counts, never identifiers."""
+    from flask import Response
+
+    from audit.metrics import exposition
+    body, content_type = exposition()
+    return Response(body, content_type=content_type)
+
+
 @bp.get("/v1/audit/verify")
 @requires_scope("audit:read")
 def verify():

@@ -12,6 +12,7 @@ caller in the batch.
 
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -22,6 +23,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from audit.ledger import Appended, Entry, Ledger
+from audit.metrics import BATCH_SIZE, COMMIT_SECONDS
 
 # prepare(conn, memo) -> (entries to append, anything to hand back to the caller).
 # `memo` is shared by the batch: a place to read something once per transaction.
@@ -97,6 +99,7 @@ class GroupCommitter:
 
     def _commit(self, batch: list["_Item"]) -> None:
         refused: list[tuple[Future, BaseException]] = []
+        started = time.perf_counter()
         try:
             with self.engine.begin() as conn:
                 memo: dict = {}
@@ -121,6 +124,8 @@ class GroupCommitter:
             for item in batch:
                 item.future.set_exception(failure)
             return
+        COMMIT_SECONDS.observe(time.perf_counter() - started)
+        BATCH_SIZE.observe(len(entries))
         # Answers go out only now, after the commit and with the connection back in the pool.
         for future, refusal in refused:
             future.set_exception(refusal)

@@ -5,7 +5,8 @@ import uuid
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from audit.web import error_response, read_json, requires_scope
+from audit.web import error_response, public, read_json, requires_scope
+from authz.openapi import openapi_document
 from authz.decisions import AuditUnavailable
 from authz.requests import parse_authorize, parse_batch, parse_evaluation, parse_evaluations
 
@@ -85,3 +86,15 @@ def evaluations():
         return jsonify({"evaluations": [_authzen(a) for a in _decide(items, stop=_STOPS[semantic])]})
     except AuditUnavailable:
         return _authzen_unaudited()
+
+
+@bp.get("/openapi.json")
+@public
+def openapi():
+    """The OpenAPI 3.1 description of this API."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        release = version("warden")
+    except PackageNotFoundError:
+        release = "dev"
+    return jsonify(openapi_document(release))

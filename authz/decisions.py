@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from audit.group_commit import GroupCommitter
 from audit.ledger import Entry
+from audit.metrics import DECISIONS, UNAUDITED
 from audit.pii import scrub_value
 from audit.vault import Subject, Vault
 from authz.decider import Decision
@@ -56,7 +57,10 @@ class DecisionService:
         except Exception as exc:  # CommitFailed, a lost key, anything: no record, so no decision
             log.error("decision not recorded, denying %d request(s): %s: %s", len(requests),
                       type(exc).__name__, exc)
+            UNAUDITED.inc(len(requests))
             raise AuditUnavailable(str(exc)) from exc
+        for _, decision, _ in decided:
+            DECISIONS.labels(allowed=str(decision.allowed).lower()).inc()
         return [{"allowed": decision.allowed, "decision_id": decision_id, "audit_seq": record.seq,
                  "policy_version": snapshot.version, "reason": decision.reason,
                  "matched": decision.matched, "review": None}

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 import pyotp
 from sqlalchemy import Engine, delete, insert, select, update
 
+from audit.metrics import MFA_FAILURES
 from audit.vault import Vault
 from authz.accounts import AccountService
 from authz.models import Account as AccountRow
@@ -159,6 +160,7 @@ class Mfa:
         return self._fail(conn, row, now, "wrong_code", "that code is not right")
 
     def _fail(self, conn, row, now: datetime, code: str, message: str):
+        MFA_FAILURES.labels(why=code).inc()
         failures = conn.execute(update(_accounts).where(_accounts.c.id == row.id)
                                 .values(mfa_failures=_accounts.c.mfa_failures + 1)
                                 .returning(_accounts.c.mfa_failures)).scalar_one()

@@ -152,7 +152,7 @@ def test_token_without_the_scope_is_403(client, make_token, warden):
 
 def test_every_route_refuses_an_anonymous_caller(app, client):
     """APIs answer 401; pages send the visitor to sign in; only a named few are open."""
-    open_routes = {"/healthz", "/static/<path:filename>", "/login", "/"}
+    open_routes = {"/healthz", "/metrics", "/openapi.json", "/static/<path:filename>", "/login", "/"}
     urls = app.url_map.bind("localhost")
     for rule in app.url_map.iter_rules():
         if rule.rule in open_routes:
@@ -297,6 +297,13 @@ def test_healthz(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
 
 
+def test_metrics_count_decisions(client, auth):
+    client.post("/v1/authorize", json=ALLOWED, headers=auth)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'warden_decisions_total{allowed="true"}' in text
+    assert "warden_ledger_batch_records_bucket" in text
+
+
 def test_one_callers_unrecordable_data_does_not_fail_the_others(warden):
     """Defence in depth behind the 400s: an item that cannot be serialized fails alone."""
     import threading
@@ -319,3 +326,12 @@ def test_one_callers_unrecordable_data_does_not_fail_the_others(warden):
     for t in threads:
         t.join()
     assert sorted(results) == ["ok"] * 5 + ["refused"]
+
+
+def test_openapi_describes_every_api_route(app, client):
+    document = client.get("/openapi.json").get_json()
+    assert document["openapi"].startswith("3.1")
+    described = {path.replace("{seq}", "<int:seq>").replace("{id}", "<request_id>") for path in document["paths"]}
+    api_routes = {rule.rule for rule in app.url_map.iter_rules()
+                  if rule.rule.startswith(("/v1/", "/access/")) or rule.rule in ("/healthz", "/metrics")}
+    assert api_routes <= described, api_routes - described
