@@ -139,6 +139,7 @@ def _configure_services(app: Flask) -> None:
     committer = GroupCommitter(engine, ledger)
     checkpoints = Checkpoints(engine, ledger, signer)
     accounts = AccountService(engine, ledger, vault, Passwords())
+    mfa = Mfa(engine, accounts, app.config["MFA_MAX_FAILURES"])
     if app.config["BACKGROUND_JOBS"]:
         _start_ledger_jobs(app, checkpoints)
     app.extensions["warden"] = Warden(
@@ -146,9 +147,9 @@ def _configure_services(app: Flask) -> None:
         policies=policies, tokens=TokenService(engine, ledger),
         committer=committer, decisions=DecisionService(committer, policies, vault), vault=vault,
         outcomes=OutcomeService(committer),
-        privacy=PrivacyService(engine, ledger, vault, erasers=[policies.erase_person],
+        privacy=PrivacyService(engine, ledger, vault, erasers=[policies.erase_person, mfa.forget_person],
                                holdings={"policy": policies.rows_naming}),
-        accounts=accounts, mfa=Mfa(engine, accounts, app.config["MFA_MAX_FAILURES"]), sessions=Sessions(engine),
+        accounts=accounts, mfa=mfa, sessions=Sessions(engine),
     )
 
 

@@ -13,7 +13,7 @@ from flask.cli import AppGroup
 from audit.checkpoints import export_checkpoint, read_checkpoint_files
 from audit.ledger import Entry
 from audit.logfiles import purge_logs
-from audit.retention import purge_ledger
+from audit.retention import PurgeRefused, purge_ledger
 from audit.search import export_records
 from audit.signing import KeyDirError
 from audit.verify import verify_ledger
@@ -92,7 +92,7 @@ def purge_command(days: int | None) -> None:
     days = days or current_app.config["RETENTION_DAYS"]
     try:
         purged = purge_ledger(warden.engine, warden.ledger, warden.signer, days, actor=f"cli:{getpass.getuser()}")
-    except KeyDirError as exc:
+    except (KeyDirError, PurgeRefused) as exc:
         raise click.ClickException(str(exc)) from None
     if purged is None:
         click.echo(f"nothing older than {days} days")

@@ -53,11 +53,14 @@ class GroupCommitter:
         self._thread: threading.Thread | None = None
         self.batches = 0  # committed batches, for tests and metrics
 
-    def submit(self, prepare: Prepare, *, under_lock: bool = False) -> tuple[list[Appended], Any]:
+    def submit(self, prepare: Prepare, *, under_lock: bool = False,
+               still_valid: Callable[[Connection, dict, Any], bool] | None = None) -> tuple[list[Appended], Any]:
         """Run `prepare` in the next batch and return (its records, its result) once committed.
 
         `under_lock`: run it while the chain head is locked, so what it reads cannot
         change before its entries land (checks such as "reported only once").
+        `still_valid(conn, memo, result)`: asked once the head is locked; when it says
+        no (what `prepare` read has changed since), `prepare` runs again under the lock.
         Raises Refused when `prepare` refused, CommitFailed when the batch did not commit.
         """
         future: Future = Future()
@@ -65,7 +68,7 @@ class GroupCommitter:
             if self._closed:
                 raise CommitFailed("the ledger writer is closed")
             self._ensure_writer()
-            self._pending.append(_Item(prepare, future, under_lock))
+            self._pending.append(_Item(prepare, future, under_lock, still_valid))
             self._wake.notify()
         try:
             return future.result(timeout=self.timeout)
@@ -113,7 +116,11 @@ class GroupCommitter:
                         del prepared[index]
                         refused.append((batch[index].future, exc))
                 head = self.ledger.lock_head(conn)
-                _prepare(batch, conn, memo, prepared, refused, under_lock=True)
+                stale = [i for i, (_, result) in prepared.items()
+                         if batch[i].still_valid and not batch[i].still_valid(conn, memo, result)]
+                for index in stale:
+                    del prepared[index]
+                _prepare(batch, conn, memo, prepared, refused, under_lock=True, also=set(stale))
                 done, entries = [], []
                 for index, (mine, result) in sorted(prepared.items()):
                     done.append((batch[index].future, len(entries), len(entries) + len(mine), result))
@@ -139,17 +146,18 @@ class _Item:
     prepare: Prepare
     future: Future
     under_lock: bool
+    still_valid: Callable[[Connection, dict, Any], bool] | None = None
 
 
 def _prepare(batch: list[_Item], conn: Connection, memo: dict, prepared: dict, refused: list, *,
-             under_lock: bool) -> None:
+             under_lock: bool, also: set[int] = frozenset()) -> None:
     """Run each item's prepare; one that refuses or chokes on its own data fails alone.
 
     A database error is different: the transaction is broken for everyone, so it
     fails the batch.
     """
     for index, item in enumerate(batch):
-        if item.under_lock == under_lock:
+        if item.under_lock == under_lock or index in also:
             try:
                 prepared[index] = item.prepare(conn, memo)
             except SQLAlchemyError:

@@ -76,8 +76,8 @@ class Keyring:
             if create and index is None:
                 index = secrets.token_bytes(32)
                 _write_secret(index_path, index)
-        if any(len(k) != 32 for k in masters.values()):
-            raise KeyDirError("every master key must be 256 bits")
+        if any(len(k) != 32 for k in masters.values()) or (index is not None and len(index) != 32):
+            raise KeyDirError("every master key, and the index key, must be 256 bits")
         self._masters, self._index = masters, index
 
     def ensure(self) -> "Keyring":

@@ -96,14 +96,17 @@ class Ledger:
         with self.engine.connect().execution_options(**READ_ONLY) as conn:
             return tuple(conn.execute(select(_head.c.seq, _head.c.hash).where(_head.c.id == 1)).one())
 
-    def records(self, conn: Connection, after_seq: int = 0, upto_seq: int | None = None) -> Iterator[tuple]:
+    def records(self, conn: Connection, after_seq: int = 0, upto_seq: int | None = None, *,
+                with_columns: bool = False) -> Iterator[tuple]:
         """Yield (seq, prev_hash, hash, kind, body) of rows with after_seq < seq <= upto_seq, in seq order.
 
-        Streams through the driver's own cursor (a server-side one on Postgres):
-        verification reads every row, and this is its hot loop.
+        `with_columns` adds the columns that repeat the body (created_at and the search
+        columns), for verification to hold them to it. Streams through the driver's own
+        cursor (a server-side one on Postgres): verification reads every row.
         """
         mark = "%s" if conn.dialect.name == "postgresql" else "?"
-        sql = (f"SELECT seq, prev_hash, hash, kind, body FROM ledger_records WHERE seq > {mark}"
+        extra = ", " + ", ".join(REPEATED_COLUMNS) if with_columns else ""
+        sql = (f"SELECT seq, prev_hash, hash, kind, body{extra} FROM ledger_records WHERE seq > {mark}"
                + (f" AND seq <= {mark}" if upto_seq is not None else "") + " ORDER BY seq")
         params = (after_seq,) if upto_seq is None else (after_seq, upto_seq)
         dbapi = conn.connection.dbapi_connection
@@ -120,6 +123,8 @@ class Ledger:
             cursor.close()
 
 
+# Columns that repeat what the hashed body says (for search and retention).
+REPEATED_COLUMNS = ("created_at", "decision_id", "subject", "domain", "object", "action", "allowed")
 _COLUMNS = ("seq", "prev_hash", "hash", "kind", "created_at", "body",
             "decision_id", "subject", "domain", "object", "action", "allowed")
 

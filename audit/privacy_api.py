@@ -74,6 +74,8 @@ def export_request(request_id: str):
 def reveal(seq: int):
     """Who a decision record is about. Each reveal is itself written to the ledger."""
     warden = current_app.extensions["warden"]
+    if seq >= 2**63:
+        raise ApiError(404, "not_found", f"record {seq} is not a decision record")
     with warden.engine.connect().execution_options(**READ_ONLY) as conn:
         row = conn.execute(select(_records.c.body).where(_records.c.seq == seq, _records.c.kind == "decision")
                            ).first()

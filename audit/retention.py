@@ -4,6 +4,7 @@ The seal names the last purged record (seq, hash); verification starts from it
 and still proves every record after. The purge is itself appended to the chain.
 """
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -17,6 +18,10 @@ from audit.signing import LedgerSigner
 
 _records = LedgerRecord.__table__
 _seals = LedgerSeal.__table__
+
+
+class PurgeRefused(RuntimeError):
+    """The rows do not agree with what was hashed: purging now could remove records still in retention."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,12 @@ def purge_ledger(engine: Engine, ledger: Ledger, signer: LedgerSigner, older_tha
         through = conn.execute(select(func.max(c.seq)).where(c.created_at < cutoff)).scalar()
         if through is None:
             return None
-        through_hash = conn.execute(select(c.hash).where(c.seq == through)).scalar_one()
+        through_hash, body = conn.execute(select(c.hash, c.body).where(c.seq == through)).one()
+        recorded = json.loads(body)["time"]
+        if recorded >= format_time(cutoff):
+            # created_at is a search column; the hashed time is what counts. They disagree: refuse.
+            raise PurgeRefused(f"record {through}'s created_at is before the cutoff but it was recorded at "
+                               f"{recorded}: the row was edited; run warden audit verify")
         count = conn.execute(select(func.count()).where(c.seq <= through)).scalar_one()
         sealed_at = utcnow()
         statement = statement_text("seal", through, through_hash, format_time(sealed_at), purged=count)

@@ -10,9 +10,11 @@ from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 
+from datetime import datetime
+
 from sqlalchemy import Engine, select
 
-from audit.chain import GENESIS_HASH
+from audit.chain import GENESIS_HASH, canonical_json, format_time
 from audit.checkpoints import Checkpoints, Signed, statement_matches
 from audit.db import READ_ONLY
 from audit.ledger import Ledger
@@ -79,6 +81,36 @@ def _seq_and_kind(body: str) -> tuple[int, str] | None:
         return None
 
 
+_DATA_KEYS = ("decision_id", "subject", "domain", "object", "action", "allowed")
+
+
+def _repeated_column_problem(body: str, columns: list) -> str | None:
+    """The name of the first column that disagrees with the (verified, canonical) body, or None.
+
+    Canonical data has sorted keys and no unescaped quote inside any value Warden
+    writes, so `"key":value,` occurs in the body only where that key stands.
+    """
+    created_at, *values = columns
+    if created_at is not None and _as_time(created_at) != body[-29:-2]:
+        return "created_at"
+    for key, value in zip(_DATA_KEYS, values):
+        if value is None:
+            if f'"{key}":' in body and key == "decision_id":
+                return key  # a decision's or outcome's id column was blanked
+            continue
+        if isinstance(value, int) and key == "allowed":
+            value = bool(value)  # SQLite hands booleans back as 0/1
+        if f'"{key}":{canonical_json(value)},' not in body:
+            return key
+    return None
+
+
+def _as_time(value) -> str:
+    if isinstance(value, str):  # SQLite's driver hands back the stored text
+        value = datetime.fromisoformat(value)
+    return format_time(value)
+
+
 def verify_rows(rows: Iterable, head: tuple[int, str], *, start_seq: int = 1, start_hash: str = GENESIS_HASH,
                 checkpoints: dict[int, str] | None = None, report: Report | None = None,
                 progress: Callable[[int], None] | None = None) -> Report:
@@ -90,7 +122,7 @@ def verify_rows(rows: Iterable, head: tuple[int, str], *, start_seq: int = 1, st
     expected_seq, prev_hash = start_seq, start_hash
     sha256, fromhex = hashlib.sha256, bytes.fromhex
     last_checkpoint = start_seq - 1
-    for seq, stored_prev, stored_hash, kind, body in rows:
+    for seq, stored_prev, stored_hash, kind, body, *columns in rows:
         if seq != expected_seq:
             if seq < expected_seq:
                 return report.fail(seq, OUT_OF_ORDER, f"record {seq} appears after {expected_seq - 1}")
@@ -115,6 +147,9 @@ def verify_rows(rows: Iterable, head: tuple[int, str], *, start_seq: int = 1, st
         if parsed[1] != kind:
             return report.fail(seq, MODIFIED, f"record {seq}'s kind column says {kind!r} but it was recorded "
                                               f"as {parsed[1]!r}")
+        if columns and (column := _repeated_column_problem(body, columns)):
+            return report.fail(seq, MODIFIED, f"record {seq}'s {column} column differs from what was recorded "
+                                              "(the hashed body): the row was edited")
         signed = checkpoints.get(seq)
         if signed is not None:
             if signed != stored_hash:
@@ -195,6 +230,6 @@ def verify_ledger(engine: Engine, signer: LedgerSigner, *, external: Iterable[Si
             start_seq, start_hash = newest + 1, checkpoints[newest]
             report.from_checkpoint = newest
             report.checkpoints_checked = 1
-        with closing(ledger.records(conn, after_seq=start_seq - 1)) as rows:
+        with closing(ledger.records(conn, after_seq=start_seq - 1, with_columns=True)) as rows:
             return verify_rows(rows, head, start_seq=start_seq, start_hash=start_hash,
                                checkpoints=checkpoints, report=report, progress=progress)

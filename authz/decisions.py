@@ -38,7 +38,7 @@ class DecisionService:
         was decided as far as any caller knows.
         """
         def prepare(conn, memo):
-            # Decided inside the commit's transaction: under the policy version it commits with.
+            # Decided inside the commit's transaction; `still_valid` makes sure of the version.
             snapshot = memo.get("policy") or memo.setdefault("policy", self.policies.snapshot(conn))
             subjects = self.vault.subjects(conn, sorted({item.request.subject for item in requests}))
             decided = []
@@ -52,8 +52,18 @@ class DecisionService:
                        for item, decision, decision_id in decided]
             return entries, (snapshot, decided)
 
+        def still_valid(conn, memo, result) -> bool:
+            # Decided before the head lock: a policy change may have committed since. Read the
+            # version once more under the lock; if it moved, decide again with the new policy.
+            if "locked_version" not in memo:
+                memo["locked_version"] = self.policies.version(conn)
+            if memo["locked_version"] == result[0].version:
+                return True
+            memo.pop("policy", None)
+            return False
+
         try:
-            appended, (snapshot, decided) = self.committer.submit(prepare)
+            appended, (snapshot, decided) = self.committer.submit(prepare, still_valid=still_valid)
         except Exception as exc:  # CommitFailed, a lost key, anything: no record, so no decision
             log.error("decision not recorded, denying %d request(s): %s: %s", len(requests),
                       type(exc).__name__, exc)

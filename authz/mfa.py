@@ -20,7 +20,7 @@ import pyotp
 from sqlalchemy import Engine, delete, insert, select, update
 
 from audit.metrics import MFA_FAILURES
-from audit.vault import Vault
+from audit.vault import Unreadable, Vault
 from authz.accounts import AccountService
 from authz.models import Account as AccountRow
 from authz.models import RecoveryCode
@@ -85,9 +85,13 @@ class Mfa:
         with self.engine.begin() as conn:
             row = self._row(conn, account_id)
             person = self._person(conn, row)
+            secret = None
             if row.totp_pending_enc:
-                secret = Vault.open(person, row.totp_pending_enc, f"totp-pending:{account_id}")
-            else:
+                try:
+                    secret = Vault.open(person, row.totp_pending_enc, f"totp-pending:{account_id}")
+                except Unreadable:  # sealed under a key that was erased since: start afresh
+                    secret = None
+            if secret is None:
                 secret = pyotp.random_base32(32)  # 32 base32 characters: 160 bits
                 conn.execute(update(_accounts).where(_accounts.c.id == account_id).values(
                     totp_pending_enc=Vault.seal(person, secret, f"totp-pending:{account_id}")))
@@ -100,7 +104,10 @@ class Mfa:
             if not row.totp_pending_enc:
                 raise MfaError("not_enrolled", "start the enrollment again: no pending secret")
             person = self._person(conn, row)
-            secret = Vault.open(person, row.totp_pending_enc, f"totp-pending:{account_id}")
+            try:
+                secret = Vault.open(person, row.totp_pending_enc, f"totp-pending:{account_id}")
+            except Unreadable:
+                raise MfaError("not_enrolled", "start the enrollment again: the pending secret is gone") from None
             step = _matching_step(secret, code, now)
             if step is None:
                 raise MfaError("wrong_code", "that code is not the current one; check the clock of your device")
@@ -138,7 +145,12 @@ class Mfa:
             raise MfaError("throttled", f"too many failed codes: wait {wait} s", retry_after=wait)
         person = self._person(conn, row)
         if _CODE.match(code):
-            step = _matching_step(Vault.open(person, row.totp_secret_enc, f"totp:{account_id}"), code, now)
+            try:
+                secret = Vault.open(person, row.totp_secret_enc, f"totp:{account_id}")
+            except Unreadable:
+                raise MfaError("not_enrolled", "this account's second factor can no longer be read (its "
+                                               "holder's data was erased); an administrator must reset it") from None
+            step = _matching_step(secret, code, now)
             if step is not None:
                 claimed = conn.execute(update(_accounts).where(
                     _accounts.c.id == account_id,
@@ -181,6 +193,14 @@ class Mfa:
                 mfa_failures=0, mfa_next_attempt_at=None, mfa_locked_at=None))
             conn.execute(delete(_codes).where(_codes.c.account_id == account_id))
             self.accounts.audit(conn, "mfa.reset", row.name, actor=actor)
+
+    def forget_person(self, name: str, actor: str) -> None:
+        """Eraser for privacy requests: an erased person's factor is sealed with a key that is gone,
+        so reset it (they enroll again at next sign-in)."""
+        with self.engine.connect() as conn:
+            account_id = conn.execute(select(_accounts.c.id).where(_accounts.c.name == name)).scalar()
+        if account_id is not None:
+            self.reset(account_id, actor=actor)
 
     def recovery_codes_left(self, account_id: int) -> int:
         with self.engine.connect() as conn:

@@ -246,7 +246,7 @@ def admin():
 def admin_reset_mfa(account_id: int):
     """An admin, with their own second factor passed, resets another person's (audited)."""
     warden = _services()
-    target = warden.accounts.get(account_id)
+    target = warden.accounts.get(account_id) if account_id < 2**31 else None
     if target is None:
         abort(404)
     warden.mfa.reset(account_id, actor=f"admin:account-{g.account.id}")

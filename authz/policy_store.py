@@ -94,13 +94,35 @@ class PolicyStore:
 
     def apply(self, policy: Policy, *, replace: bool, actor: str) -> PolicyChange:
         """Add `policy`'s rows (or make it the whole policy with `replace`), audited, in one transaction."""
+        def plan(current: Policy):
+            wanted, existing = _rows_of(policy), _rows_of(current)
+            return wanted - existing, (existing - wanted) if replace else set()
+        return self._change(plan, policy, actor, replace)
+
+    def remove(self, rows: Policy, *, actor: str) -> PolicyChange:
+        """Remove exactly these rows (those not present are ignored), audited, in one transaction."""
+        return self._change(lambda current: (set(), _rows_of(current) & _rows_of(rows)), rows, actor, False)
+
+    def erase_person(self, identifier: str, actor: str) -> PolicyChange:
+        """Remove every row that names the person `identifier` as a subject or member (an erasure).
+
+        A role is not a person: erasing a role's name leaves the policy alone, or a
+        request naming `role:contractor` could lift that role's deny rules.
+        """
+        def plan(current: Policy):
+            if identifier.startswith("role:") or any(r.role == identifier for r in current.roles):
+                return set(), set()
+            return set(), ({r for r in current.rules if r.subject == identifier}
+                           | {r for r in current.roles if r.member == identifier})
+        return self._change(plan, Policy(), actor, False)
+
+    def _change(self, plan, policy: Policy, actor: str, replace: bool) -> PolicyChange:
+        """Lock the policy, let `plan(current)` say (added, removed), write both and the ledger record."""
         with self.engine.begin() as conn:
             conn.execute(select(_state.c.version).where(_state.c.id == 1).with_for_update()).scalar_one()
             current, version = self.read(conn)
-            wanted = set(policy.rules) | set(policy.roles)
-            existing = set(current.rules) | set(current.roles)
-            added = sorted(wanted - existing, key=_sort_key)
-            removed = sorted(existing - wanted, key=_sort_key) if replace else []
+            to_add, to_remove = plan(current)
+            added, removed = sorted(to_add, key=_sort_key), sorted(to_remove, key=_sort_key)
             if not added and not removed:
                 return PolicyChange(0, 0, version)
             for rule in removed:
@@ -133,31 +155,19 @@ class PolicyStore:
             return [rule.ptype, pseudonyms.get(fields[0], fields[0]), *fields[1:]]
         return show
 
-    def remove(self, rows: Policy, *, actor: str) -> PolicyChange:
-        """Remove exactly these rows (those not present are ignored), audited, in one transaction."""
-        current = self.export()
-        keep = Policy(current.rules - rows.rules, current.roles - rows.roles)
-        if len(keep) == len(current):
-            with self.engine.connect().execution_options(**READ_ONLY) as conn:
-                return PolicyChange(0, 0, self.version(conn))
-        return self.apply(keep, replace=True, actor=actor)
-
     def rows_naming(self, identifier: str) -> list[list[str]]:
         """The policy rows that name `identifier` as a subject or member (for an access export)."""
         current = self.export()
         return ([["p", *r.fields()] for r in sorted(current.rules) if r.subject == identifier]
                 + [["g", *r.fields()] for r in sorted(current.roles) if r.member == identifier])
 
-    def erase_person(self, identifier: str, actor: str) -> PolicyChange:
-        """Remove every row that names `identifier` as a subject or member (an erasure request)."""
-        current = self.export()
-        keep = Policy(frozenset(r for r in current.rules if r.subject != identifier),
-                      frozenset(r for r in current.roles if r.member != identifier))
-        return self.apply(keep, replace=True, actor=actor)
-
     def export(self) -> Policy:
         with self.engine.connect().execution_options(**READ_ONLY) as conn:
             return self.read(conn)[0]
+
+
+def _rows_of(policy: Policy) -> set:
+    return set(policy.rules) | set(policy.roles)
 
 
 def _sort_key(rule: PolicyRule | RoleRule) -> tuple:

@@ -150,3 +150,13 @@ def test_export_lines_reverify_outside_warden(runner, decided, warden):
         assert hashlib.sha256(bytes.fromhex(prev) + line["body"].encode()).hexdigest() == line["hash"]
         prev = line["hash"]
     assert runner.invoke(args=["audit", "export", "--since", "2999-01-01"]).output == ""
+
+
+@pytest.mark.parametrize("url", ["/v1/audit/events?limit=%C2%B2", "/v1/audit/events?from_seq=%D9%A3"])
+def test_non_ascii_digits_are_400(client, reader, url):
+    assert client.get(url, headers=reader).status_code == 400
+
+
+def test_huge_ids_in_paths_are_404(client, make_token):
+    reviewer = {"Authorization": f"Bearer {make_token('review')}"}
+    assert client.post(f"/v1/audit/events/{10**25}/reveal", headers=reviewer).status_code == 404

@@ -215,3 +215,15 @@ def test_requests_about_unknown_people_make_up_nobody(client, privacy_headers, w
     assert export.status_code == 404  # an erasure has no export
     with warden.engine.connect() as conn:
         assert warden.vault.find(conn, "nobody-ever") is None
+
+
+def test_erasing_a_role_name_cannot_lift_its_deny_rules(client, auth, privacy_headers, load_policy, warden):
+    load_policy("p, role:eng, prod, db/*, read, *, allow\np, role:contractor, prod, db/pii*, *, *, deny\n"
+                "g, alice, role:eng, *\ng, alice, role:contractor, *\n")
+    body = {"subject": "alice", "domain": "prod", "object": "db/pii/cards", "action": "read"}
+    assert client.post("/v1/authorize", json=body, headers=auth).get_json()["allowed"] is False
+    client.post("/v1/authorize", headers=auth, json={**body, "subject": "role:contractor"})
+    client.post("/v1/privacy/requests", json={"subject": "role:contractor", "kind": "erasure"},
+                headers=privacy_headers)
+    assert "role:contractor, prod, db/pii*" in runner_export(warden)
+    assert client.post("/v1/authorize", json=body, headers=auth).get_json()["allowed"] is False

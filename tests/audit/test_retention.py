@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import pytest
+from freezegun import freeze_time
 
 from audit.chain import utcnow
 from audit.ledger import Entry
@@ -13,13 +14,21 @@ from tests.conftest import ledger_rows, tamper
 
 @pytest.fixture
 def aged(warden):
-    """Ten records backdated 40 days, then five fresh ones."""
-    for i in range(10):
-        warden.ledger.record(Entry("test", {"old": i}))
-    tamper(warden.engine, "UPDATE ledger_records SET created_at = :t", t=utcnow() - timedelta(days=40))
+    """Ten records made 40 days ago, then five fresh ones."""
+    with freeze_time(utcnow() - timedelta(days=40)):
+        for i in range(10):
+            warden.ledger.record(Entry("test", {"old": i}))
     for i in range(5):
         warden.ledger.record(Entry("test", {"new": i}))
     return warden
+
+
+def test_a_backdated_created_at_cannot_make_the_purge_take_fresh_records(aged, runner, verify):
+    tamper(aged.engine, "UPDATE ledger_records SET created_at = :t WHERE seq = 15", t=utcnow() - timedelta(days=90))
+    result = runner.invoke(args=["audit", "purge"])
+    assert result.exit_code == 1 and "the row was edited" in result.output
+    assert len(ledger_rows(aged.engine)) == 15
+    assert verify().first_failure.seq == 15
 
 
 def test_purge_removes_old_records_seals_them_and_still_verifies(aged, runner, verify):

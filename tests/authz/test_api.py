@@ -5,6 +5,7 @@ import json
 import pytest
 from sqlalchemy import text
 
+from authz.rules import parse_policy_csv
 from tests.conftest import ledger_rows
 
 POLICY = """
@@ -335,3 +336,27 @@ def test_openapi_describes_every_api_route(app, client):
     api_routes = {rule.rule for rule in app.url_map.iter_rules()
                   if rule.rule.startswith(("/v1/", "/access/")) or rule.rule in ("/healthz", "/metrics")}
     assert api_routes <= described, api_routes - described
+
+
+@pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_a_policy_change_committed_mid_batch_is_honoured(client, auth, warden, monkeypatch):
+    """A revocation that commits after the decision was made, but before its record is appended,
+    makes the batch decide again: no allow under a policy version older than the ledger shows."""
+    import threading
+
+    original = warden.policies.snapshot
+    revoked = []
+
+    def snapshot_then_revoke(conn):
+        snap = original(conn)
+        if not revoked:
+            revoked.append(True)
+            change = threading.Thread(target=lambda: warden.policies.apply(
+                parse_policy_csv(POLICY + "p, alice, prod, db/customers, read, *, deny\n"), replace=True,
+                actor="test"))
+            change.start()
+            change.join(timeout=30)
+        return snap
+    monkeypatch.setattr(warden.policies, "snapshot", snapshot_then_revoke)
+    body = client.post("/v1/authorize", json=ALLOWED, headers=auth).get_json()
+    assert revoked and body["allowed"] is False and body["policy_version"] == 2

@@ -348,3 +348,12 @@ def test_user_create_cli(runner, warden):
     analyst = runner.invoke(args=["user", "create", "cy", "--role", "role:analyst", "--password-stdin"],
                             input=PASSWORD + "\n")
     assert analyst.exit_code == 0, analyst.output
+
+
+def test_an_erased_account_holder_must_enroll_again(client, warden, enrolled, make_token):
+    account_id, secret, _ = enrolled
+    privacy = {"Authorization": f"Bearer {make_token('privacy')}"}
+    client.post("/v1/privacy/requests", json={"subject": "ada", "kind": "erasure"}, headers=privacy)
+    assert warden.accounts.get(account_id).mfa_enabled is False  # reset, audited
+    login(client, "ada")
+    assert client.get("/admin").location.startswith("/mfa/enroll")
