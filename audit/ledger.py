@@ -105,7 +105,12 @@ class Ledger:
         cursor (a server-side one on Postgres): verification reads every row.
         """
         mark = "%s" if conn.dialect.name == "postgresql" else "?"
-        extra = ", " + ", ".join(REPEATED_COLUMNS) if with_columns else ""
+        extra = ""
+        if with_columns:
+            # created_at as the text the hashed body holds, so verification compares strings.
+            created = ("to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+                       if conn.dialect.name == "postgresql" else "replace(created_at, ' ', 'T') || 'Z'")
+            extra = ", " + ", ".join((created, *REPEATED_COLUMNS[1:]))
         sql = (f"SELECT seq, prev_hash, hash, kind, body{extra} FROM ledger_records WHERE seq > {mark}"
                + (f" AND seq <= {mark}" if upto_seq is not None else "") + " ORDER BY seq")
         params = (after_seq,) if upto_seq is None else (after_seq, upto_seq)

@@ -6,15 +6,14 @@ with its kind.
 """
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 
-from datetime import datetime
-
 from sqlalchemy import Engine, select
 
-from audit.chain import GENESIS_HASH, canonical_json, format_time
+from audit.chain import GENESIS_HASH, canonical_json
 from audit.checkpoints import Checkpoints, Signed, statement_matches
 from audit.db import READ_ONLY
 from audit.ledger import Ledger
@@ -88,27 +87,29 @@ def _repeated_column_problem(body: str, columns: list) -> str | None:
     """The name of the first column that disagrees with the (verified, canonical) body, or None.
 
     Canonical data has sorted keys and no unescaped quote inside any value Warden
-    writes, so `"key":value,` occurs in the body only where that key stands.
+    writes, so `"key":value,` occurs in the body only where that key stands. This
+    runs for every record, so the common cases avoid json.dumps and strftime.
     """
     created_at, *values = columns
-    if created_at is not None and _as_time(created_at) != body[-29:-2]:
+    if created_at is not None and created_at != body[-29:-2]:  # both ISO 8601 text, as hashed
         return "created_at"
     for key, value in zip(_DATA_KEYS, values):
         if value is None:
-            if f'"{key}":' in body and key == "decision_id":
+            if key == "decision_id" and '"decision_id":' in body:
                 return key  # a decision's or outcome's id column was blanked
             continue
-        if isinstance(value, int) and key == "allowed":
-            value = bool(value)  # SQLite hands booleans back as 0/1
-        if f'"{key}":{canonical_json(value)},' not in body:
+        if key == "allowed":
+            fragment = '"allowed":true,' if value else '"allowed":false,'
+        elif isinstance(value, str) and not _NEEDS_ESCAPE.search(value):
+            fragment = f'"{key}":"{value}",'
+        else:
+            fragment = f'"{key}":{canonical_json(value)},'
+        if fragment not in body:
             return key
     return None
 
 
-def _as_time(value) -> str:
-    if isinstance(value, str):  # SQLite's driver hands back the stored text
-        value = datetime.fromisoformat(value)
-    return format_time(value)
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f\u2028\u2029]')
 
 
 def verify_rows(rows: Iterable, head: tuple[int, str], *, start_seq: int = 1, start_hash: str = GENESIS_HASH,

@@ -23,6 +23,11 @@ def chain(warden):
 sql = tamper
 
 
+def as_stored(engine, moment):
+    """`moment` as Warden's own inserts store it (SQLAlchemy keeps SQLite datetimes as naive text)."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f") if engine.dialect.name == "sqlite" else moment
+
+
 def test_a_fresh_chain_verifies(chain, verify):
     report = verify()
     assert report.ok and report.checked == 10 and report.head_seq == 10
@@ -71,7 +76,7 @@ def test_inserting_a_forged_record_is_found(chain, verify):
     body = record_body(7, "test", now, {"n": 99, "who": "forged"})
     sql(chain, "INSERT INTO ledger_records (seq, prev_hash, hash, kind, created_at, body) "
                "VALUES (7, :p, :h, 'test', :t, :b)", p=rows[5].hash, h=chain_hash(rows[5].hash, body),
-        t=now, b=body)
+        t=as_stored(chain, now), b=body)
     report = verify()
     # A careful forger makes the record self-consistent; what gives it away is that the chain no
     # longer reaches the head.
@@ -118,7 +123,7 @@ def test_appending_outside_warden_is_found(chain, verify):
     body = record_body(11, "test", now, {"n": 11})
     sql(chain, "INSERT INTO ledger_records (seq, prev_hash, hash, kind, created_at, body) "
                "VALUES (11, :p, :h, 'test', :t, :b)", p=rows[-1].hash, h=chain_hash(rows[-1].hash, body),
-        t=now, b=body)
+        t=as_stored(chain, now), b=body)
     failure = verify().first_failure
     assert (failure.seq, failure.kind) == (11, BEYOND_HEAD)
 
