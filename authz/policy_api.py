@@ -54,41 +54,23 @@ def _change(change) -> dict:
     return {"added": change.added, "removed": change.removed, "version": change.version}
 
 
-@bp.get("/v1/policies")
-@requires_scope("audit:read")
-def list_policies():
-    return jsonify(_listing("rules", _store().export().rules))
+def _register(path: str, ptype: str, key: str, rows_of) -> None:
+    """GET, POST and DELETE for one kind of row (p rows at /v1/policies, g rows at /v1/roles)."""
+    name = path.rsplit("/", 1)[-1]
+
+    def listing():
+        return jsonify(_listing(key, rows_of(_store().export())))
+
+    def add():
+        return jsonify(_change(_store().apply(_rows(ptype, key), replace=False, actor=f"service:{g.caller.name}")))
+
+    def remove():
+        return jsonify(_change(_store().remove(_rows(ptype, key), actor=f"service:{g.caller.name}")))
+
+    bp.add_url_rule(path, f"list_{name}", requires_scope("audit:read")(listing), methods=["GET"])
+    bp.add_url_rule(path, f"add_{name}", requires_scope("policy:write")(add), methods=["POST"])
+    bp.add_url_rule(path, f"remove_{name}", requires_scope("policy:write")(remove), methods=["DELETE"])
 
 
-@bp.post("/v1/policies")
-@requires_scope("policy:write")
-def add_policies():
-    change = _store().apply(_rows("p", "rules"), replace=False, actor=f"service:{g.caller.name}")
-    return jsonify(_change(change))
-
-
-@bp.delete("/v1/policies")
-@requires_scope("policy:write")
-def remove_policies():
-    return jsonify(_change(_store().remove(_rows("p", "rules"), actor=f"service:{g.caller.name}")))
-
-
-@bp.get("/v1/roles")
-@requires_scope("audit:read")
-def list_roles():
-    return jsonify(_listing("roles", _store().export().roles))
-
-
-@bp.post("/v1/roles")
-@requires_scope("policy:write")
-def add_roles():
-    change = _store().apply(_rows("g", "roles"), replace=False, actor=f"service:{g.caller.name}")
-    return jsonify(_change(change))
-
-
-@bp.delete("/v1/roles")
-@requires_scope("policy:write")
-def remove_roles():
-    return jsonify(_change(_store().remove(_rows("g", "roles"), actor=f"service:{g.caller.name}")))
-
-
+_register("/v1/policies", "p", "rules", lambda policy: policy.rules)
+_register("/v1/roles", "g", "roles", lambda policy: policy.roles)
