@@ -122,6 +122,7 @@ def _configure_services(app: Flask) -> None:
     from audit.privacy import PrivacyService
     from audit.keyring import Keyring
     from audit.signing import LedgerSigner
+    from audit.subject_cache import SubjectCache
     from audit.vault import Vault
     from authz.accounts import AccountService
     from authz.decisions import DecisionService
@@ -145,7 +146,8 @@ def _configure_services(app: Flask) -> None:
     app.extensions["warden"] = Warden(
         engine=engine, ledger=ledger, signer=signer, checkpoints=checkpoints,
         policies=policies, tokens=TokenService(engine, ledger),
-        committer=committer, decisions=DecisionService(committer, policies, vault), vault=vault,
+        committer=committer, vault=vault,
+        decisions=DecisionService(committer, policies, vault, SubjectCache(engine, ledger, vault)),
         outcomes=OutcomeService(committer),
         privacy=PrivacyService(engine, ledger, vault, erasers=[policies.erase_person, mfa.forget_person],
                                holdings={"policy": policies.rows_naming}),
@@ -175,6 +177,7 @@ def _configure_http(app: Flask) -> None:
     from authz.pages import bp as pages_bp
     from authz.policy_api import bp as policy_bp
     from authz.api import bp as authz_bp
+    from authz.fast_path import AuthorizeFastPath
 
     audit.web.install(app)
     app.register_blueprint(audit_bp)
@@ -182,6 +185,7 @@ def _configure_http(app: Flask) -> None:
     app.register_blueprint(privacy_bp)
     app.register_blueprint(pages_bp)
     app.register_blueprint(policy_bp)
+    app.wsgi_app = AuthorizeFastPath(app, app.wsgi_app)
 
 
 def _configure_cli(app: Flask) -> None:

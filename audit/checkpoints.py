@@ -78,7 +78,7 @@ class Checkpoints:
         When the newest checkpoint already names the head, that one is returned.
         """
         with self.engine.begin() as conn:
-            seq, head_hash = self.ledger.lock_head(conn)
+            seq, head_hash, _ = self.ledger.lock_head(conn)
             if seq == 0:
                 return None
             latest = self._latest(conn)

@@ -33,7 +33,11 @@ class LedgerRecord(Base):
 
 
 class LedgerHead(Base):
-    """The last appended (seq, hash); its row lock serializes writers on Postgres."""
+    """The last appended (seq, hash); its row lock serializes writers on Postgres.
+
+    `epoch` counts the changes to what decisions are made from (the policy, people's
+    keys): a process that decided from cached state appends only if it has not moved.
+    """
 
     __tablename__ = "ledger_head"
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
@@ -41,6 +45,7 @@ class LedgerHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+    epoch: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class _SignedStatement:

@@ -96,7 +96,8 @@ class PrivacyService:
         with self.engine.begin() as conn:
             self.vault.erase(conn, subject)
             # Pseudonym only: once the key is gone it no longer leads back to the person.
-            self.ledger.append(conn, [Entry("privacy.erasure", {"request_id": request_id, "subject": pseudonym})])
+            self.ledger.append(conn, [Entry("privacy.erasure", {"request_id": request_id, "subject": pseudonym})],
+                               bump_epoch=True)  # processes drop the keys they cached
         return "key and salt destroyed; personal data outside the ledger deleted"
 
     def _finish(self, request_id: str, status: str, actor: str, note: str) -> None:

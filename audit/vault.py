@@ -65,7 +65,8 @@ class Vault:
     def subjects(self, conn: Connection, identifiers, *, create: bool = True) -> dict[str, Subject]:
         """Return the Subject of each identifier, creating keys for new people when `create`."""
         self._ready(conn)
-        wanted = {identifier: self.lookup(identifier) for identifier in set(identifiers)}
+        # Sorted: two transactions creating the same new people insert them in one order (no deadlock).
+        wanted = {identifier: self.lookup(identifier) for identifier in sorted(set(identifiers))}
         found = self._rows(conn, wanted.values())
         missing = [i for i, lookup in wanted.items() if lookup not in found]
         if missing and create:
@@ -98,7 +99,11 @@ class Vault:
         return self._subject(row) if row else None
 
     def erase(self, conn: Connection, identifier: str) -> str | None:
-        """Destroy `identifier`'s key and salt; return the pseudonym they had, or None if unknown."""
+        """Destroy `identifier`'s key and salt; return the pseudonym they had, or None if unknown.
+
+        The caller appends the erasure's record with `bump_epoch`, so that every
+        process drops the keys it cached.
+        """
         lookup = self.lookup(identifier)
         pseudonym = conn.execute(select(_keys.c.pseudonym).where(_keys.c.lookup == lookup)).scalar()
         conn.execute(delete(_keys).where(_keys.c.lookup == lookup))

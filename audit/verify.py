@@ -83,7 +83,7 @@ def _seq_and_kind(body: str) -> tuple[int, str] | None:
 _DATA_KEYS = ("decision_id", "subject", "domain", "object", "action", "allowed")
 
 
-def _repeated_column_problem(body: str, columns: list) -> str | None:
+def _repeated_column_problem(body: str, kind: str, columns: list) -> str | None:
     """The name of the first column that disagrees with the (verified, canonical) body, or None.
 
     Canonical data has sorted keys and no unescaped quote inside any value Warden
@@ -95,20 +95,31 @@ def _repeated_column_problem(body: str, columns: list) -> str | None:
         return "created_at"
     for key, value in zip(_DATA_KEYS, values):
         if value is None:
-            if key == "decision_id" and '"decision_id":' in body:
+            if key == "decision_id" and kind in _KINDS_WITH_DECISION_ID:
                 return key  # a decision's or outcome's id column was blanked
             continue
         if key == "allowed":
-            fragment = '"allowed":true,' if value else '"allowed":false,'
+            fragment = '"allowed":true' if value else '"allowed":false'
         elif isinstance(value, str) and not _NEEDS_ESCAPE.search(value):
-            fragment = f'"{key}":"{value}",'
+            fragment = f'"{key}":"{value}"'
         else:
-            fragment = f'"{key}":{canonical_json(value)},'
-        if fragment not in body:
+            fragment = f'"{key}":{canonical_json(value)}'
+        if not _holds(body, fragment):
             return key
     return None
 
 
+def _holds(body: str, fragment: str) -> bool:
+    """True when `fragment` (`"key":value`) stands in `body` as a whole member: then `,` or `}`."""
+    start = body.find(fragment)
+    while start != -1:
+        if body[start + len(fragment):start + len(fragment) + 1] in (",", "}"):
+            return True
+        start = body.find(fragment, start + 1)
+    return False
+
+
+_KINDS_WITH_DECISION_ID = frozenset({"decision", "outcome"})
 _NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f\u2028\u2029]')
 
 
@@ -148,7 +159,7 @@ def verify_rows(rows: Iterable, head: tuple[int, str], *, start_seq: int = 1, st
         if parsed[1] != kind:
             return report.fail(seq, MODIFIED, f"record {seq}'s kind column says {kind!r} but it was recorded "
                                               f"as {parsed[1]!r}")
-        if columns and (column := _repeated_column_problem(body, columns)):
+        if columns and (column := _repeated_column_problem(body, kind, columns)):
             return report.fail(seq, MODIFIED, f"record {seq}'s {column} column differs from what was recorded "
                                               "(the hashed body): the row was edited")
         signed = checkpoints.get(seq)

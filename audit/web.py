@@ -37,8 +37,8 @@ def requires_scope(scope: str):
     return decorate
 
 
-def _bearer_token() -> str | None:
-    header = request.headers.get("Authorization", "")
+def bearer_token(header: str) -> str | None:
+    """The token of an `Authorization: Bearer ...` header value, or None."""
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
@@ -48,7 +48,7 @@ def _gate():
     if view is None or getattr(view, "warden_public", False) or request.endpoint.rsplit(".", 1)[-1] == "static":
         return None  # unknown URLs fall through to a JSON 404; static files and pages are open to the gate
     scope = getattr(view, "warden_scope", None)
-    caller = current_app.extensions["warden"].authenticate(_bearer_token())
+    caller = current_app.extensions["warden"].authenticate(bearer_token(request.headers.get("Authorization", "")))
     if caller is None:
         return error_response(401, "unauthorized", "a valid service token is required (Authorization: Bearer ...)")
     if scope is None or scope not in caller.scopes:
@@ -62,7 +62,11 @@ def read_json(max_depth: int = 8) -> dict:
     """Return the request's JSON object, or raise ApiError 400 saying what is wrong with it."""
     if not request.is_json:
         raise ApiError(400, "bad_request", "send a JSON body with Content-Type: application/json")
-    raw = request.get_data(cache=True)
+    return decode_json_object(request.get_data(cache=True), max_depth)
+
+
+def decode_json_object(raw: bytes, max_depth: int = 8) -> dict:
+    """Return `raw` as a JSON object, or raise ApiError 400 saying what is wrong with it."""
     try:
         body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:

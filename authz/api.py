@@ -15,16 +15,22 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def _decide(items, stop=None):
-    header = request.headers.get("X-Request-Id", "")
-    request_id = header if _REQUEST_ID.match(header) else uuid.uuid4().hex
     service = current_app.extensions["warden"].decisions
-    return service.authorize(items, service=g.caller.name, request_id=request_id, stop=stop)
+    return service.authorize(items, service=g.caller.name, stop=stop,
+                             request_id=request_id(request.headers.get("X-Request-Id", "")))
+
+
+UNAUDITED_MESSAGE = "the audit ledger could not record the decision, so access is denied"
 
 
 def _unaudited(count: int):
     body = {"allowed": False} if count == 1 else {"decisions": [{"allowed": False}] * count}
-    return error_response(503, "audit_unavailable",
-                          "the audit ledger could not record the decision, so access is denied", **body)
+    return error_response(503, "audit_unavailable", UNAUDITED_MESSAGE, **body)
+
+
+def request_id(header: str) -> str:
+    """The caller's X-Request-Id when it is a sensible one, else a fresh id."""
+    return header if _REQUEST_ID.match(header) else uuid.uuid4().hex
 
 
 @bp.post("/v1/authorize")
@@ -54,9 +60,7 @@ def _authzen(answer: dict) -> dict:
 
 
 def _authzen_unaudited():
-    return error_response(503, "audit_unavailable",
-                          "the audit ledger could not record the decision, so access is denied",
-                          decision=False)
+    return error_response(503, "audit_unavailable", UNAUDITED_MESSAGE, decision=False)
 
 
 @bp.post("/access/v1/evaluation")

@@ -4,13 +4,15 @@ import logging
 import uuid
 from collections.abc import Callable
 
+from audit.db import READ_ONLY
 from audit.group_commit import GroupCommitter
 from audit.ledger import Entry
 from audit.metrics import DECISIONS, UNAUDITED
 from audit.pii import scrub_value
+from audit.subject_cache import SubjectCache
 from audit.vault import Subject, Vault
 from authz.decider import Decision
-from authz.policy_store import PolicyStore
+from authz.policy_store import PolicyStore, Snapshot
 from authz.requests import AuthorizeRequest
 
 log = logging.getLogger(__name__)
@@ -21,12 +23,22 @@ class AuditUnavailable(Exception):
 
 
 class DecisionService:
-    """Decides requests and returns them only once their ledger records are committed."""
+    """Decides requests and returns them only once their ledger records are committed.
 
-    def __init__(self, committer: GroupCommitter, policies: PolicyStore, vault: Vault):
+    Decisions and their records are made in the caller's thread from what this
+    process has cached (the policy, people's keys), for the ledger epoch that
+    state belongs to. The group committer appends them only if the epoch has not
+    moved (a policy change or an erasure moves it); otherwise it has them made
+    again, under the chain head lock, from the database.
+    """
+
+    def __init__(self, committer: GroupCommitter, policies: PolicyStore, vault: Vault,
+                 subjects: SubjectCache):
         self.committer = committer
         self.policies = policies
         self.vault = vault
+        self.subjects = subjects
+        self._view: tuple[int, Snapshot] | None = None  # (epoch, the policy as of that epoch)
 
     def authorize(self, requests: list[AuthorizeRequest], *, service: str, request_id: str,
                   stop: Callable[[Decision], bool] | None = None) -> list[dict]:
@@ -37,10 +49,9 @@ class DecisionService:
         Raises AuditUnavailable when the records cannot be committed: then nothing
         was decided as far as any caller knows.
         """
-        def prepare(conn, memo):
-            # Decided inside the commit's transaction; `still_valid` makes sure of the version.
-            snapshot = memo.get("policy") or memo.setdefault("policy", self.policies.snapshot(conn))
-            subjects = self.vault.subjects(conn, sorted({item.request.subject for item in requests}))
+        names = {item.request.subject for item in requests}
+
+        def decide(snapshot: Snapshot, subjects: dict):
             decided = []
             for item in requests:
                 decision = snapshot.decider.decide(item.request)
@@ -50,20 +61,25 @@ class DecisionService:
             entries = [_entry(item, decision, decision_id, service, request_id, snapshot.version,
                               subjects[item.request.subject])
                        for item, decision, decision_id in decided]
+            for entry in entries:
+                entry.data_json  # noqa: B018 - serialized here, not in the writer's critical path
             return entries, (snapshot, decided)
 
-        def still_valid(conn, memo, result) -> bool:
-            # Decided before the head lock: a policy change may have committed since. Read the
-            # version once more under the lock; if it moved, decide again with the new policy.
-            if "locked_version" not in memo:
-                memo["locked_version"] = self.policies.version(conn)
-            if memo["locked_version"] == result[0].version:
-                return True
-            memo.pop("policy", None)
-            return False
+        def decide_again(conn, memo):
+            # The epoch moved: under the head lock, from the database.
+            if "policy" not in memo:
+                memo["policy"] = self.policies.snapshot(conn)
+                self._view = (memo["epoch"], memo["policy"])
+                self.subjects.forget(unless_epoch=memo["epoch"])
+            return decide(memo["policy"], self.vault.subjects(conn, names))
 
         try:
-            appended, (snapshot, decided) = self.committer.submit(prepare, still_valid=still_valid)
+            epoch, snapshot = self._policy_view()
+            subjects, subjects_epoch = self.subjects.get(names)
+            if subjects_epoch != epoch:  # one of them is behind: let the writer sort it out
+                epoch = -1
+            appended, (snapshot, decided) = self.committer.submit(
+                decide_again, prepared=decide(snapshot, subjects), epoch=epoch)
         except Exception as exc:  # CommitFailed, a lost key, anything: no record, so no decision
             log.error("decision not recorded, denying %d request(s): %s: %s", len(requests),
                       type(exc).__name__, exc)
@@ -75,6 +91,15 @@ class DecisionService:
                  "policy_version": snapshot.version, "reason": decision.reason,
                  "matched": decision.matched, "review": None}
                 for (item, decision, decision_id), record in zip(decided, appended)]
+
+    def _policy_view(self) -> tuple[int, Snapshot]:
+        """The cached (epoch, policy); read from the database the first time."""
+        view = self._view
+        if view is None:
+            with self.committer.engine.connect().execution_options(**READ_ONLY) as conn:
+                epoch = self.committer.ledger.epoch(conn)  # first: the policy read next is at least this fresh
+                view = self._view = (epoch, self.policies.snapshot(conn))
+        return view
 
 
 def _entry(item: AuthorizeRequest, decision: Decision, decision_id: str, service: str,

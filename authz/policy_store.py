@@ -136,7 +136,7 @@ class PolicyStore:
             self.ledger.append(conn, [Entry("policy.change", {
                 "actor": actor, "version": version, "replace": replace,
                 "added": [shown(r) for r in added], "removed": [shown(r) for r in removed],
-            })])
+            })], bump_epoch=True)
         return PolicyChange(len(added), len(removed), version)
 
     def _pseudonymizer(self, conn, current: Policy, wanted: Policy, rows):

@@ -1,0 +1,96 @@
+"""The framework-free /v1/authorize answers exactly as the Flask view would, and declines the rest."""
+
+import json
+
+import pytest
+
+from authz.decisions import AuditUnavailable
+from tests.conftest import ledger_rows
+
+POLICY = "p, role:engineer, prod, db/*, read, maintenance, allow\ng, alice, role:engineer, *\n"
+ALLOWED = {"subject": "alice", "domain": "prod", "object": "db/customers", "action": "read",
+           "context": {"workflow": "maintenance", "ticket": "OPS-12"}}
+
+
+@pytest.fixture(autouse=True)
+def _policy(load_policy):
+    load_policy(POLICY)
+
+
+@pytest.fixture
+def both(app):
+    """Post the same request through the fast path and through Flask alone."""
+    fast, flask_only = app.test_client(), app.test_client()
+    inner = app.wsgi_app.wsgi_app
+
+    def post(**kwargs):
+        first = fast.post("/v1/authorize", **kwargs)
+        app.wsgi_app, saved = inner, app.wsgi_app
+        try:
+            second = flask_only.post("/v1/authorize", **kwargs)
+        finally:
+            app.wsgi_app = saved
+        return first, second
+    return post
+
+
+def _same(first, second, *, varying=("decision_id", "audit_seq")):
+    assert first.status_code == second.status_code
+    assert first.headers["Content-Type"] == second.headers["Content-Type"]
+    assert sorted(first.headers.keys()) == sorted(second.headers.keys())
+    one, two = first.get_json(), second.get_json()
+    for key in varying:
+        if key in one:
+            one[key] = two[key] = None
+    assert json.dumps(one) == json.dumps(two)  # same fields, same order, same values
+
+
+def test_a_decision_is_the_same_either_way(both, auth):
+    _same(*both(json=ALLOWED, headers=auth))
+    _same(*both(json={**ALLOWED, "action": "delete"}, headers=auth))
+    _same(*both(json={**ALLOWED, "subject": "eve", "context": {}}, headers=auth))
+
+
+def test_the_fast_path_answers_well_formed_requests_itself(app, client, auth, warden):
+    def no_flask(environ, start_response):
+        raise AssertionError("Flask was asked")
+    app.wsgi_app.wsgi_app = no_flask
+    response = client.post("/v1/authorize", json=ALLOWED, headers={**auth, "X-Request-Id": "req-42"})
+    assert response.status_code == 200 and response.get_json()["allowed"] is True
+    record = json.loads(ledger_rows(warden.engine)[-1].body)["data"]
+    assert (record["request_id"], record["service"]) == ("req-42", "svc-0")
+    assert response.data == (json.dumps(response.get_json(), separators=(",", ":")) + "\n").encode()
+
+
+@pytest.mark.parametrize("token, kwargs", [
+    ("none", {"json": ALLOWED}),
+    ("bad", {"json": ALLOWED}),
+    ("good", {"data": "{not json", "content_type": "application/json"}),
+    ("good", {"data": '{"subject": NaN}', "content_type": "application/json"}),
+    ("good", {"data": "[1, 2]", "content_type": "application/json"}),
+    ("good", {"data": json.dumps(ALLOWED), "content_type": "text/plain"}),
+    ("good", {"json": {**ALLOWED, "subject": "a*"}}),
+    ("good", {"json": {**ALLOWED, "extra": 1}}),
+    ("good", {"json": {"subject": "alice"}}),
+    ("good", {"data": "x" * (2 * 1024 * 1024 + 1), "content_type": "application/json"}),
+], ids=["no-token", "bad-token", "bad-json", "nan", "not-object", "not-json-type", "star", "extra-field",
+        "missing-fields", "too-large"])
+def test_anything_unusual_gets_flasks_answer(both, auth, token, kwargs):
+    headers = {"none": {}, "bad": {"Authorization": "Bearer not-a-token"}, "good": auth}[token]
+    first, second = both(headers=headers, **kwargs)
+    assert first.status_code >= 400
+    assert (first.status_code, first.data) == (second.status_code, second.data)
+
+
+def test_a_token_without_the_scope_gets_flasks_403(both, make_token):
+    first, second = both(json=ALLOWED, headers={"Authorization": f"Bearer {make_token('audit:read')}"})
+    assert first.status_code == 403 and (first.data, first.headers) == (second.data, second.headers)
+
+
+def test_the_unaudited_deny_is_the_same_either_way(both, auth, warden, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AuditUnavailable("the ledger is down")
+    monkeypatch.setattr(warden.decisions, "authorize", refuse)
+    first, second = both(json=ALLOWED, headers=auth)
+    assert first.status_code == 503 and first.get_json()["allowed"] is False
+    assert (first.data, first.status) == (second.data, second.status)
