@@ -34,6 +34,8 @@ class Warden:
     mfa: object
     sessions: object
     outcomes: object
+    review: object
+    scoring: object
 
     def authenticate(self, token: str | None):
         """Return the caller a bearer token belongs to, or None."""
@@ -44,6 +46,7 @@ def target_metadata():
     """Return the metadata of every table, for Alembic and the schema test."""
     import audit.models  # noqa: F401  (registers the tables)
     import authz.models  # noqa: F401
+    import detectors.models  # noqa: F401
     from audit.db import Base
 
     return Base.metadata
@@ -131,6 +134,8 @@ def _configure_services(app: Flask) -> None:
     from authz.sessions import Sessions
     from authz.policy_store import PolicyStore
     from authz.tokens import TokenService
+    from detectors.review import ReviewQueue
+    from detectors.scoring import Scoring
 
     engine = make_engine(app.config["DATABASE_URL"])
     ledger = Ledger(engine)
@@ -141,6 +146,7 @@ def _configure_services(app: Flask) -> None:
     checkpoints = Checkpoints(engine, ledger, signer)
     accounts = AccountService(engine, ledger, vault, Passwords())
     mfa = Mfa(engine, accounts, app.config["MFA_MAX_FAILURES"])
+    review = ReviewQueue(engine, ledger)
     if app.config["BACKGROUND_JOBS"]:
         _start_ledger_jobs(app, checkpoints)
     app.extensions["warden"] = Warden(
@@ -151,7 +157,8 @@ def _configure_services(app: Flask) -> None:
         outcomes=OutcomeService(committer),
         privacy=PrivacyService(engine, ledger, vault, erasers=[policies.erase_person, mfa.forget_person],
                                holdings={"policy": policies.rows_naming}),
-        accounts=accounts, mfa=mfa, sessions=Sessions(engine),
+        accounts=accounts, mfa=mfa, sessions=Sessions(engine), review=review,
+        scoring=Scoring(engine, ledger, vault, review),
     )
 
 
@@ -178,6 +185,7 @@ def _configure_http(app: Flask) -> None:
     from authz.policy_api import bp as policy_bp
     from authz.api import bp as authz_bp
     from authz.fast_path import AuthorizeFastPath
+    from detectors.api import bp as review_bp
 
     audit.web.install(app)
     app.register_blueprint(audit_bp)
@@ -185,15 +193,17 @@ def _configure_http(app: Flask) -> None:
     app.register_blueprint(privacy_bp)
     app.register_blueprint(pages_bp)
     app.register_blueprint(policy_bp)
+    app.register_blueprint(review_bp)
     app.wsgi_app = AuthorizeFastPath(app, app.wsgi_app)
 
 
 def _configure_cli(app: Flask) -> None:
     from audit.cli import audit_cli, keys_cli, logs_cli
     from authz.cli import policy_cli, token_cli, user_cli
+    from detectors.cli import detect_cli
 
-    for command in (db_cli, audit_cli, keys_cli, logs_cli, policy_cli, token_cli, user_cli, serve_command,
-                    demo_command):
+    for command in (db_cli, audit_cli, keys_cli, logs_cli, policy_cli, token_cli, user_cli, detect_cli,
+                    serve_command, demo_command):
         app.cli.add_command(command)
 
 
@@ -319,12 +329,14 @@ def _tls13_context(config, default_ssl_context_factory):
 @click.option("--no-serve", is_flag=True, help="Prepare the demo and print the steps, but do not serve.")
 def demo_command(host, port, workers, threads, tls_cert, tls_key, no_serve) -> None:
     """Migrate, seed demo roles, policies and a service token, print the first steps, then serve."""
-    from authz.demo import demo_instructions, seed_accounts, seed_demo
+    from authz.demo import demo_instructions, seed_accounts, seed_demo, seed_history
 
     warden = current_app.extensions["warden"]
     upgrade_database(current_app.config["DATABASE_URL"])
     preflight(warden)
     token = seed_demo(warden)
+    if seed_history(warden):
+        click.echo("Recorded the demo's history and trained the detector on it.")
     passwords = seed_accounts(warden)
     scheme = "https" if tls_cert else "http"
     click.echo(demo_instructions(f"{scheme}://{host}:{port}", token, current_app.config["DATABASE_URL"],

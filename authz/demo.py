@@ -32,7 +32,32 @@ def seed_demo(warden) -> str:
     if version == 0:
         policy = parse_policy_csv(files("authz").joinpath("demo_policy.csv").read_text(encoding="utf-8"))
         warden.policies.apply(policy, replace=False, actor="demo")
-    return warden.tokens.create(DEMO_TOKEN_NAME, ["authorize", "audit:read"], actor="demo", rotate=True)
+    return warden.tokens.create(DEMO_TOKEN_NAME, ["authorize", "audit:read", "review"], actor="demo", rotate=True)
+
+
+# Everyday work for the demo's history: (subject, domain, object, action, workflow).
+_USUAL = (("alice", "prod", "db/customers", "read", "maintenance"), ("alice", "prod", "db/orders", "read", "maintenance"),
+          ("bob", "prod", "db/customers", "read", "support-ticket"), ("carol", "eu", "warehouse/sales", "read", "reporting"),
+          ("carol", "us", "warehouse/sales", "read", "reporting"), ("dave", "staging", "db/orders", "write", "release"),
+          ("erin", "prod", "db/customers", "read", "investigation"))
+
+
+def seed_history(warden, decisions: int = 140) -> bool:
+    """On a ledger without decisions, record everyday ones and train the detector on them; True if it did."""
+    from authz.requests import parse_authorize
+
+    with warden.engine.connect().execution_options(**READ_ONLY) as conn:
+        if conn.exec_driver_sql("SELECT 1 FROM ledger_records WHERE kind = 'decision' LIMIT 1").first():
+            return False
+    for i in range(decisions):
+        subject, domain, obj, action, workflow = _USUAL[i % len(_USUAL)]
+        body = {"subject": subject, "domain": domain, "object": obj, "action": action}
+        if workflow:
+            body["context"] = {"workflow": workflow}
+        warden.decisions.authorize([parse_authorize(body)], service="demo-history", request_id=f"demo-{i}")
+    warden.scoring.train(actor="demo")
+    warden.scoring.accept(actor="demo", reason="the demo's seeded history is the usual activity")
+    return True
 
 
 def demo_instructions(base_url: str, token: str, database_url: str, log_dir: str = "",
@@ -46,13 +71,16 @@ def demo_instructions(base_url: str, token: str, database_url: str, log_dir: str
                '"context": {"workflow": "maintenance", "ticket": "OPS-12"}}')
     denied = ('{"subject": "alice", "domain": "prod", "object": "db/customers", "action": "delete", '
               '"context": {"workflow": "maintenance"}}')
+    glass = ('{"subject": "frank", "domain": "prod", "object": "db/payments", "action": "read", '
+             '"context": {"workflow": "break-glass", "ticket": "INC-9"}}')
     return f"""
 Warden demo
   API:        {base_url}   (health: {base_url}/healthz)
   database:   {database_url}
   logs:       {log_dir}  (daily files, deleted after WARDEN_RETENTION_DAYS)
   token:      {token}
-              (service token "{DEMO_TOKEN_NAME}", scopes authorize + audit:read; shown once, new on every run)
+              (service token "{DEMO_TOKEN_NAME}", scopes authorize + audit:read + review; shown once, new on
+              every run)
 
 An allowed request (alice is an engineer; engineers read prod databases for maintenance):
 {curl(allowed)}
@@ -70,4 +98,10 @@ Then check the ledger from another terminal:
   warden audit verify
   warden policy export
   warden policy check dave prod db/payments read --workflow maintenance
+
+The detectors learned from the demo's history. Frank (on call) breaks the glass; score, and look
+at the review queue:
+{curl(glass)}
+  warden detect run
+  curl -s {base_url}/v1/review/items -H 'Authorization: Bearer {token}'
 """

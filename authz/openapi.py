@@ -72,6 +72,15 @@ def openapi_document(version: str) -> dict:
                                                                       "properties": {"roles": rows}}),
                       "delete": _op("Remove g rows", "policy:write", body={"type": "object",
                                                                            "properties": {"roles": rows}})},
+        "/v1/review/items": {"get": _op("Review items, newest first (filters status, priority, detector, "
+                                        "subject; limit, cursor)", "review")},
+        "/v1/review/items/{id}": {
+            "get": _op("One review item", "review"),
+            "patch": _op("Triage a review item (audited)", "review", body={
+                "type": "object", "properties": {
+                    "status": {"enum": ["open", "acknowledged", "resolved", "dismissed"]},
+                    "assignee": {"type": ["string", "null"], "maxLength": 100},
+                    "note": {"type": "string", "maxLength": 2000}}})},
         "/v1/privacy/requests": {"post": _op("Access, erasure or opt-out request", "privacy", body={
             "type": "object", "required": ["subject", "kind"],
             "properties": {"subject": _NAME, "kind": {"enum": ["access", "erasure", "opt_out"]}}},

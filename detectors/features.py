@@ -5,9 +5,10 @@ rows, for training or scoring, from the moment the opt-out is recorded.
 """
 
 import json
+import math
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -20,7 +21,8 @@ from audit.vault import Vault
 _records = LedgerRecord.__table__
 WINDOW = timedelta(hours=1)
 FEATURE_NAMES = ("hour", "weekday", "off_hours", "denied", "no_workflow", "writes", "domain_wide_object",
-                 "subject_events_1h", "subject_distinct_objects_1h", "subject_denials_1h", "new_object_for_subject")
+                 "subject_events_1h", "subject_distinct_objects_1h", "subject_denials_1h", "new_object_for_subject",
+                 "rows_log")
 _WRITES = {"write", "update", "delete", "insert", "drop", "truncate", "alter", "export"}
 
 
@@ -36,22 +38,32 @@ class DecisionEvent:
     action: str
     workflow: str
     allowed: bool
+    rows: int | None = None  # what the query returned, when the service reported its outcome
 
 
 def decision_events(engine: Engine, vault: Vault, after_seq: int = 0) -> Iterator[DecisionEvent]:
-    """Decisions after `after_seq` in ledger order, without those of people who opted out."""
+    """Decisions after `after_seq` in ledger order, without those of people who opted out; each with
+    the rows its query returned when an outcome was reported (by the time this reads)."""
     with engine.connect().execution_options(**READ_ONLY) as conn, conn.begin():
         opted_out = vault.opted_out(conn)
-        query = (select(_records.c.seq, _records.c.body)
-                 .where(_records.c.kind == "decision", _records.c.seq > after_seq).order_by(_records.c.seq))
+        query = (select(_records.c.seq, _records.c.kind, _records.c.body)
+                 .where(_records.c.kind.in_(("decision", "outcome")), _records.c.seq > after_seq)
+                 .order_by(_records.c.seq))
+        events, rows = [], {}
         for row in conn.execute(query):
             record = json.loads(row.body)
             data = record["data"]
+            if row.kind == "outcome":
+                if isinstance(data.get("rows"), int):
+                    rows[data["decision_seq"]] = data["rows"]
+                continue
             if data["subject"] in opted_out:
                 continue
-            yield DecisionEvent(row.seq, datetime.fromisoformat(record["time"].replace("Z", "+00:00")),
-                                data["subject"], data["domain"], data["object"], data["action"],
-                                data["workflow"], data["allowed"])
+            events.append(DecisionEvent(row.seq, datetime.fromisoformat(record["time"].replace("Z", "+00:00")),
+                                        data["subject"], data["domain"], data["object"], data["action"],
+                                        data["workflow"], data["allowed"]))
+    for event in events:
+        yield replace(event, rows=rows[event.seq]) if event.seq in rows else event
 
 
 def extract(events: Iterable[DecisionEvent]) -> tuple[list[int], np.ndarray]:
@@ -70,6 +82,7 @@ def extract(events: Iterable[DecisionEvent]) -> tuple[list[int], np.ndarray]:
             float(event.object.endswith("*")),
             len(window), len({e.object for e in window}), sum(not e.allowed for e in window),
             float(event.object not in seen_objects[event.subject]),
+            math.log1p(max(event.rows or 0, 0)),
         ))
         window.append(event)
         seen_objects[event.subject].add(event.object)

@@ -25,7 +25,7 @@ PG_HOWTO = ("Postgres tests skipped: set WARDEN_TEST_DATABASE_URL="
 
 # Tables emptied between Postgres tests, children first.
 DATA_TABLES = ("ledger_records", "ledger_checkpoints", "ledger_seals", "policy_rules", "service_tokens",
-               "subject_keys", "privacy_requests", "web_sessions", "recovery_codes", "accounts")
+               "subject_keys", "privacy_requests", "web_sessions", "recovery_codes", "accounts", "review_items")
 
 
 def _postgres_or_skip() -> str:
@@ -61,7 +61,8 @@ def reset_postgres(url: str) -> None:
         # As a superuser may: replica mode skips the ledger's append-only triggers.
         conn.execute(text("SET LOCAL session_replication_role = replica"))
         conn.execute(text(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY"))
-        conn.execute(text("UPDATE ledger_head SET seq = 0, hash = :h"), {"h": GENESIS_HASH})
+        conn.execute(text("UPDATE ledger_head SET seq = 0, hash = :h, epoch = 0"), {"h": GENESIS_HASH})
+        conn.execute(text("UPDATE detector_state SET scored_through = 0, baseline = NULL"))
         conn.execute(text("UPDATE policy_state SET version = 0"))
     engine.dispose()
 

@@ -136,12 +136,17 @@ def test_demo_seeds_once_and_prints_working_curl(runner, client, warden):
     answers = [client.post("/v1/authorize", data=b, headers={"Authorization": f"Bearer {token}",
                                                               "Content-Type": "application/json"}).get_json()
                for b in bodies]
-    assert [a["allowed"] for a in answers] == [True, False]
+    assert [a["allowed"] for a in answers] == [True, False, True]
+    assert "Recorded the demo's history and trained the detector" in result.output
+    assert runner.invoke(args=["detect", "run"]).exit_code == 0
+    items = client.get("/v1/review/items", headers={"Authorization": f"Bearer {token}"}).get_json()["items"]
+    assert ("break_glass", [answers[2]["audit_seq"]]) in [(i["detector"], i["seqs"]) for i in items]
+    assert {i["seqs"][0] for i in items} <= {a["audit_seq"] for a in answers}  # the history opened nothing
     password = re.search(r"sign in as admin / (\S+)", result.output).group(1)
     assert warden.accounts.authenticate("admin", password) is not None
     assert warden.accounts.get_by_name("reviewer").role == "security-reviewer"
     again = runner.invoke(args=["demo", "--no-serve"])
-    assert again.exit_code == 0
+    assert again.exit_code == 0 and "Recorded the demo's history" not in again.output
     assert warden.accounts.authenticate("admin", password) is None  # new passwords on every run
     assert warden.tokens.check(token) is None  # each run issues a new demo token
     with warden.engine.connect().execution_options(**READ_ONLY) as conn:

@@ -1,0 +1,136 @@
+"""The scoring worker: rules and the isolation forest over new ledger decisions, into the review queue.
+
+`train` records a baseline (and a ledger record saying so); `run` scores every
+decision after the last one it scored, opens review items and moves on, in one
+transaction with its own ledger record. Both are safe to run again and from
+several places at once: the progress row is locked while a run commits.
+"""
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+from sqlalchemy import Engine, select, update
+
+from audit.chain import format_time, utcnow
+from audit.ledger import Entry, Ledger
+from audit.vault import Vault
+from detectors import forest
+from detectors.features import DecisionEvent, decision_events, extract
+from detectors.findings import Finding
+from detectors.models import DetectorState
+from detectors.review import ReviewQueue
+from detectors.rules import rule_findings
+
+_state = DetectorState.__table__
+GROUP_WINDOW = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one scoring run did."""
+
+    scored: int
+    through_seq: int
+    opened: list[str]
+    forest: bool  # whether a baseline was there to score with
+
+
+class Scoring:
+    """Trains the baseline and scores new decisions into the review queue."""
+
+    def __init__(self, engine: Engine, ledger: Ledger, vault: Vault, queue: ReviewQueue):
+        self.engine = engine
+        self.ledger = ledger
+        self.vault = vault
+        self.queue = queue
+
+    def train(self, *, actor: str, contamination: float = 0.01, random_state: int = 7) -> forest.Baseline:
+        """Learn what is usual from every decision so far (opted-out people left out)."""
+        events = list(decision_events(self.engine, self.vault))
+        seqs, matrix = extract(events)
+        _, baseline = forest.train(seqs, matrix, contamination=contamination, random_state=random_state,
+                                   trained_at=format_time(utcnow()))
+        with self.engine.begin() as conn:
+            conn.execute(update(_state).where(_state.c.id == 1).values(baseline=json.dumps(baseline.to_json())))
+            self.ledger.append(conn, [Entry("detector.train", {
+                "actor": actor, "from_seq": baseline.from_seq, "to_seq": baseline.to_seq,
+                "events": baseline.events, "contamination": contamination, "threshold": baseline.threshold})])
+        return baseline
+
+    def run(self, *, actor: str) -> RunResult:
+        """Score the decisions after the last scored one; open review items for what looks wrong."""
+        with self.engine.connect() as conn:
+            state = conn.execute(select(_state).where(_state.c.id == 1)).one()
+        events = list(decision_events(self.engine, self.vault))
+        fresh = [e for e in events if e.seq > state.scored_through]
+        if not fresh:
+            return RunResult(0, state.scored_through, [], state.baseline is not None)
+        findings = [f for f in rule_findings(events) if max(f.seqs) > state.scored_through]
+        baseline = forest.Baseline.from_json(json.loads(state.baseline)) if state.baseline else None
+        if baseline is not None:
+            findings += forest_findings(events, baseline, after_seq=state.scored_through)
+        through = max(e.seq for e in fresh)
+        with self.engine.begin() as conn:
+            locked = conn.execute(select(_state.c.scored_through).where(_state.c.id == 1).with_for_update()).scalar()
+            if locked != state.scored_through:  # another run got there first
+                return RunResult(0, locked, [], baseline is not None)
+            opened = self.queue.open(conn, findings)
+            conn.execute(update(_state).where(_state.c.id == 1).values(scored_through=through))
+            self.ledger.append(conn, [Entry("detector.run", {
+                "actor": actor, "scored": len(fresh), "through_seq": through, "opened": opened,
+                "forest": baseline is not None})])
+        return RunResult(len(fresh), through, opened, baseline is not None)
+
+
+    def accept(self, *, actor: str, reason: str) -> int:
+        """Take every decision so far as reviewed (e.g. a seeded history); return the seq scored through."""
+        with self.engine.begin() as conn:
+            through = conn.exec_driver_sql(
+                "SELECT coalesce(max(seq), 0) FROM ledger_records WHERE kind = 'decision'").scalar()
+            conn.execute(update(_state).where(_state.c.id == 1).values(scored_through=through))
+            self.ledger.append(conn, [Entry("detector.accept", {"actor": actor, "through_seq": through,
+                                                                "reason": reason})])
+        return through
+
+
+def forest_findings(events: list[DecisionEvent], baseline: forest.Baseline, *, after_seq: int = 0,
+                    in_baseline=None) -> list[Finding]:
+    """Fit the baseline's forest again, score the events after `after_seq`, and group each person's
+    outliers within an hour into one finding."""
+    if in_baseline is None:
+        def in_baseline(event):
+            return baseline.from_seq <= event.seq <= baseline.to_seq
+    seqs, matrix = extract(events)
+    training = np.array([in_baseline(e) for e in sorted(events, key=lambda e: e.seq)], dtype=bool)
+    if training.sum() < forest.MIN_EVENTS:
+        return []
+    model = forest.fit(matrix[training], baseline.random_state)
+    scores = forest.anomaly_scores(model, matrix)
+    for index, row in enumerate(matrix):  # beyond the training range: the forest cannot tell
+        if outside := forest.beyond(row, baseline):
+            scores[index] = max(scores[index], baseline.high + 0.01 * len(outside))
+    by_seq = {e.seq: e for e in events}
+    groups: dict[str, list] = defaultdict(list)
+    for index, (seq, score) in enumerate(zip(seqs, scores)):
+        if seq <= after_seq or score <= baseline.threshold:
+            continue
+        event = by_seq[seq]
+        current = groups[event.subject]
+        if current and event.time - by_seq[current[-1][0][0]].time > GROUP_WINDOW:
+            current.append([])
+        if not current:
+            current.append([])
+        current[-1].append((seq, float(score), index))
+    findings = []
+    for subject, clusters in groups.items():
+        for cluster in clusters:
+            _, top_score, top_index = max(cluster, key=lambda c: c[1])
+            findings.append(Finding(
+                "isolation_forest", tuple(seq for seq, _, _ in cluster), subject, top_score,
+                "high" if top_score > baseline.high else "medium" if len(cluster) > 1 else "low",
+                tuple(forest.explain(matrix[top_index], baseline)) + (
+                    (f"{len(cluster)} unusual decisions within an hour",) if len(cluster) > 1 else ())))
+    return findings
