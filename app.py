@@ -77,6 +77,7 @@ def _configure(app: Flask, overrides: dict) -> None:
         CHECKPOINT_SECONDS=env.get("WARDEN_CHECKPOINT_SECONDS", 300),
         CHECKPOINT_DIR=env.get("WARDEN_CHECKPOINT_DIR"),
         PURGE_INTERVAL_HOURS=env.get("WARDEN_PURGE_INTERVAL_HOURS", 24),
+        DETECT_SECONDS=env.get("WARDEN_DETECT_SECONDS", 60),
         BACKGROUND_JOBS=False,
         MFA_MAX_FAILURES=env.get("WARDEN_MFA_MAX_FAILURES", 100),
         SESSION_COOKIE_SECURE=env.get("WARDEN_COOKIE_SECURE", "1") != "0",
@@ -84,7 +85,7 @@ def _configure(app: Flask, overrides: dict) -> None:
     )
     app.config.update(overrides)
     for key, low in (("RETENTION_DAYS", 1), ("CHECKPOINT_EVERY", 1), ("CHECKPOINT_SECONDS", 1),
-                     ("PURGE_INTERVAL_HOURS", 0), ("MFA_MAX_FAILURES", 1)):
+                     ("PURGE_INTERVAL_HOURS", 0), ("DETECT_SECONDS", 0), ("MFA_MAX_FAILURES", 1)):
         app.config[key] = _whole_number(key, app.config[key], low)
     if app.config["DATABASE_URL"].startswith("sqlite:///"):
         Path(app.config["DATABASE_URL"].removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +150,9 @@ def _configure_services(app: Flask) -> None:
     review = ReviewQueue(engine, ledger)
     if app.config["BACKGROUND_JOBS"]:
         _start_ledger_jobs(app, checkpoints)
+    scoring = Scoring(engine, ledger, vault, review)
+    if app.config["BACKGROUND_JOBS"] and app.config["DETECT_SECONDS"]:
+        scoring.start_schedule(app.config["DETECT_SECONDS"])
     app.extensions["warden"] = Warden(
         engine=engine, ledger=ledger, signer=signer, checkpoints=checkpoints,
         policies=policies, tokens=TokenService(engine, ledger),
@@ -158,7 +162,7 @@ def _configure_services(app: Flask) -> None:
         privacy=PrivacyService(engine, ledger, vault, erasers=[policies.erase_person, mfa.forget_person],
                                holdings={"policy": policies.rows_naming}),
         accounts=accounts, mfa=mfa, sessions=Sessions(engine), review=review,
-        scoring=Scoring(engine, ledger, vault, review),
+        scoring=scoring,
     )
 
 

@@ -7,6 +7,8 @@ several places at once: the progress row is locked while a run commits.
 """
 
 import json
+import logging
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +26,7 @@ from detectors.models import DetectorState
 from detectors.review import ReviewQueue
 from detectors.rules import rule_findings
 
+log = logging.getLogger(__name__)
 _state = DetectorState.__table__
 GROUP_WINDOW = timedelta(hours=1)
 
@@ -84,6 +87,20 @@ class Scoring:
                 "forest": baseline is not None})])
         return RunResult(len(fresh), through, opened, baseline is not None)
 
+
+    def start_schedule(self, seconds: float) -> threading.Event:
+        """Score new decisions every `seconds` on a daemon thread (while serving) until the returned
+        event is set; failures are logged."""
+        stop = threading.Event()
+
+        def loop():
+            while not stop.wait(seconds):
+                try:
+                    self.run(actor="schedule")
+                except Exception:
+                    log.exception("scheduled scoring failed")
+        threading.Thread(target=loop, name="warden-scoring", daemon=True).start()
+        return stop
 
     def accept(self, *, actor: str, reason: str) -> int:
         """Take every decision so far as reviewed (e.g. a seeded history); return the seq scored through."""

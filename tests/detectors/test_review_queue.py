@@ -132,3 +132,16 @@ def test_bad_review_requests_get_a_clear_4xx(client, review, method, url, body, 
 def test_the_review_scope_is_required(client, auth):
     assert client.get("/v1/review/items").status_code == 401
     assert client.get("/v1/review/items", headers=auth).status_code == 403
+
+
+def test_while_serving_new_decisions_are_scored_on_a_schedule(client, auth, load_policy, warden, review):
+    import time
+
+    load_policy(POLICY)
+    decide(client, auth, workflow="break-glass")
+    stop = warden.scoring.start_schedule(0.05)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not client.get("/v1/review/items", headers=review).get_json()["items"]:
+        time.sleep(0.05)
+    stop.set()
+    assert client.get("/v1/review/items", headers=review).get_json()["items"][0]["detector"] == "break_glass"
