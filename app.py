@@ -151,16 +151,19 @@ def _configure_services(app: Flask) -> None:
     if app.config["BACKGROUND_JOBS"]:
         _start_ledger_jobs(app, checkpoints)
     scoring = Scoring(engine, ledger, vault, review)
-    if app.config["BACKGROUND_JOBS"] and app.config["DETECT_SECONDS"]:
-        scoring.start_schedule(app.config["DETECT_SECONDS"])
+    subjects = SubjectCache(engine, ledger, vault)
+    if app.config["BACKGROUND_JOBS"]:
+        subjects.start_sweeper()
+        if app.config["DETECT_SECONDS"]:
+            scoring.start_schedule(app.config["DETECT_SECONDS"])
     app.extensions["warden"] = Warden(
         engine=engine, ledger=ledger, signer=signer, checkpoints=checkpoints,
         policies=policies, tokens=TokenService(engine, ledger),
         committer=committer, vault=vault,
-        decisions=DecisionService(committer, policies, vault, SubjectCache(engine, ledger, vault)),
+        decisions=DecisionService(committer, policies, vault, subjects),
         outcomes=OutcomeService(committer),
         privacy=PrivacyService(engine, ledger, vault, erasers=[policies.erase_person, mfa.forget_person],
-                               holdings={"policy": policies.rows_naming}),
+                               holdings={"policy": policies.rows_naming}, forget_keys=subjects.forget),
         accounts=accounts, mfa=mfa, sessions=Sessions(engine), review=review,
         scoring=scoring,
     )

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -67,11 +67,14 @@ class GroupCommitter:
         self.batches = 0  # committed batches, for tests and metrics
 
     def submit(self, prepare: Prepare, *, prepared: tuple[list[Entry], Any] | None = None,
-               epoch: int | None = None, under_lock: bool = False) -> tuple[list[Appended], Any]:
+               epoch: int | None = None, refresh: Callable[[], tuple[list[Entry], Any, int]] | None = None,
+               under_lock: bool = False) -> tuple[list[Appended], Any]:
         """Append what `prepare` gives in the next batch; return (its records, its result) once committed.
 
         `prepared`: what the caller already made from cached state belonging to
-        `epoch`; `prepare` then runs (under the head lock) only if the epoch moved.
+        `epoch`. If the epoch moved, `refresh()` makes it again from fresh state
+        (entries, result, epoch) without any lock held; `prepare` runs under the
+        head lock only if that is not enough.
         `under_lock`: run `prepare` while the chain head is locked, so what it reads
         cannot change before its entries land (checks such as "reported only once").
         Otherwise `prepare` runs in the writer before the lock; it must only read.
@@ -82,7 +85,7 @@ class GroupCommitter:
             if self._closed:
                 raise CommitFailed("the ledger writer is closed")
             self._ensure_writer()
-            self._pending.append(_Item(prepare, future, under_lock, prepared, epoch))
+            self._pending.append(_Item(prepare, future, under_lock, prepared, epoch, refresh))
             if self._idle:  # otherwise the writer looks at the queue anyway when it is done
                 self._wake.notify()
         return future.result(self.timeout)
@@ -142,21 +145,32 @@ class GroupCommitter:
             future.set_result((appended[start:end], result))
 
     def _commit_at_once(self, batch: list["_Item"], refused: list) -> tuple | None:
-        """The batch as one autocommitted statement (Postgres); None when it needs the careful path."""
-        epochs = {item.epoch for item in batch if item.prepared is not None}
-        if (self.engine.dialect.name != "postgresql" or len(epochs) > 1
-                or any(item.under_lock for item in batch)):
+        """The batch as one autocommitted statement (Postgres); None when it needs the careful path.
+
+        Items made for an older epoch are made again once, outside any lock, from fresh
+        state (their `refresh`), and the statement is tried again.
+        """
+        if self.engine.dialect.name != "postgresql" or any(item.under_lock for item in batch):
             return None
-        attempt: list = []
-        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            prepared = _prepare(batch, conn, {}, attempt, under_lock=False)
-            entries, results = _gather(batch, prepared, attempt)
-            try:
-                appended = self.ledger.append(conn, entries, expect_epoch=next(iter(epochs), None))
-            except StaleEpoch:
-                return None
-        refused.extend(attempt)
-        return appended, results
+        for retry in (False, True):
+            epochs = {item.epoch for item in batch if item.prepared is not None}
+            if len(epochs) > 1:
+                if retry or not _refresh(batch):
+                    return None
+                continue
+            refusals: list = []
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                prepared = _prepare(batch, conn, {}, refusals, under_lock=False)
+                entries, results = _gather(batch, prepared, refusals)
+                try:
+                    appended = self.ledger.append(conn, entries, expect_epoch=next(iter(epochs), None))
+                except StaleEpoch as stale:
+                    if retry or not _refresh(batch, stale.epoch):
+                        return None
+                    continue
+            refused.extend(refusals)
+            return appended, results
+        return None
 
     def _commit_carefully(self, batch: list["_Item"], refused: list) -> tuple:
         """Lock the head in a transaction, make again what was made for an older epoch, and append."""
@@ -207,6 +221,7 @@ class _Item:
     under_lock: bool
     prepared: tuple[list[Entry], Any] | None = None
     epoch: int | None = None
+    refresh: Callable[[], tuple[list[Entry], Any, int]] | None = None
 
 
 def _prepare(batch: list[_Item], conn: Connection, memo: dict, refused: list, *,
@@ -228,6 +243,22 @@ def _prepare(batch: list[_Item], conn: Connection, memo: dict, refused: list, *,
             except Exception as exc:  # noqa: BLE001 - handed to that caller, not swallowed
                 refused.append((item.future, exc))
     return prepared
+
+
+def _refresh(batch: list[_Item], epoch: int | None = None) -> bool:
+    """Make again, from fresh state, every item not made for `epoch` (all of them when None); False when
+    one cannot be (then the careful path makes it under the lock)."""
+    for index, item in enumerate(batch):
+        if item.prepared is None or (epoch is not None and item.epoch == epoch):
+            continue
+        if item.refresh is None:
+            return False
+        try:
+            entries, result, fresh_epoch = item.refresh()
+        except Exception:  # noqa: BLE001 - the careful path will make it, and report its own failure
+            return False
+        batch[index] = replace(item, prepared=(entries, result), epoch=fresh_epoch)
+    return True
 
 
 def _gather(batch: list[_Item], prepared: dict, refused: list) -> tuple[list[Entry], list]:

@@ -46,11 +46,13 @@ class PrivacyService:
     """Takes, carries out and reports people's privacy requests."""
 
     def __init__(self, engine: Engine, ledger: Ledger, vault: Vault, erasers: list[Eraser] | None = None,
-                 holdings: dict[str, Callable[[str], object]] | None = None):
+                 holdings: dict[str, Callable[[str], object]] | None = None,
+                 forget_keys: Callable[[], None] | None = None):
         self.engine = engine
         self.ledger = ledger
         self.vault = vault
         self.erasers = erasers or []
+        self.forget_keys = forget_keys  # drops the keys this process cached, once a key is destroyed
         self.holdings = holdings or {}  # what other parts of Warden hold about a person, for access exports
 
     def submit(self, subject: str, kind: str, actor: str) -> dict:
@@ -97,7 +99,9 @@ class PrivacyService:
             self.vault.erase(conn, subject)
             # Pseudonym only: once the key is gone it no longer leads back to the person.
             self.ledger.append(conn, [Entry("privacy.erasure", {"request_id": request_id, "subject": pseudonym})],
-                               bump_epoch=True)  # processes drop the keys they cached
+                               bump_epoch=True)  # other processes drop the keys they cached
+        if self.forget_keys:
+            self.forget_keys()
         return "key and salt destroyed; personal data outside the ledger deleted"
 
     def _finish(self, request_id: str, status: str, actor: str, note: str) -> None:

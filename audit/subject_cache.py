@@ -9,14 +9,19 @@ again from the database otherwise): no record is ever sealed with a key that
 was destroyed before the record was appended.
 """
 
+import logging
 import threading
 import time
 from collections.abc import Iterable
 
 from sqlalchemy import Engine
 
+from audit.db import READ_ONLY
 from audit.ledger import Ledger
 from audit.vault import Subject, Vault
+
+
+log = logging.getLogger(__name__)
 
 
 class SubjectCache:
@@ -64,6 +69,32 @@ class SubjectCache:
             entries.update((i, (s, expires)) for i, s in subjects.items())
             self._state = (epoch, entries)
         return subjects, epoch
+
+    def sweep(self) -> None:
+        """Drop every key if the epoch moved (an erasure elsewhere), and the expired ones anyway, so an
+        idle process does not keep a destroyed key in memory."""
+        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+            epoch = self.ledger.epoch(conn)
+        self.forget(unless_epoch=epoch)
+        now = time.monotonic()
+        with self._lock:
+            current, entries = self._state
+            expired = [identifier for identifier, (_, expires) in entries.items() if expires < now]
+            for identifier in expired:
+                del entries[identifier]
+
+    def start_sweeper(self, seconds: float = 5.0) -> threading.Event:
+        """`sweep` every `seconds` on a daemon thread until the returned event is set."""
+        stop = threading.Event()
+
+        def loop():
+            while not stop.wait(seconds):
+                try:
+                    self.sweep()
+                except Exception:
+                    log.exception("sweeping cached keys failed")
+        threading.Thread(target=loop, name="warden-key-sweeper", daemon=True).start()
+        return stop
 
     def forget(self, unless_epoch: int | None = None) -> None:
         """Drop every cached key (unless they already belong to `unless_epoch`)."""

@@ -73,13 +73,18 @@ class DecisionService:
                 self.subjects.forget(unless_epoch=memo["epoch"])
             return decide(memo["policy"], self.vault.subjects(conn, names))
 
-        try:
-            epoch, snapshot = self._policy_view()
+        def decide_fresh(fresh: bool = True):
+            epoch, snapshot = self._policy_view(fresh=fresh)
+            if fresh:
+                self.subjects.forget(unless_epoch=epoch)
             subjects, subjects_epoch = self.subjects.get(names)
-            if subjects_epoch != epoch:  # one of them is behind: let the writer sort it out
-                epoch = -1
+            # When one of them is behind, the epoch matches nothing and the writer sorts it out.
+            return (*decide(snapshot, subjects), epoch if subjects_epoch == epoch else -1)
+
+        try:
+            entries, result, epoch = decide_fresh(fresh=False)
             appended, (snapshot, decided) = self.committer.submit(
-                decide_again, prepared=decide(snapshot, subjects), epoch=epoch)
+                decide_again, prepared=(entries, result), epoch=epoch, refresh=decide_fresh)
         except Exception as exc:  # CommitFailed, a lost key, anything: no record, so no decision
             log.error("decision not recorded, denying %d request(s): %s: %s", len(requests),
                       type(exc).__name__, exc)
@@ -92,10 +97,10 @@ class DecisionService:
                  "matched": decision.matched, "review": None}
                 for (item, decision, decision_id), record in zip(decided, appended)]
 
-    def _policy_view(self) -> tuple[int, Snapshot]:
-        """The cached (epoch, policy); read from the database the first time."""
+    def _policy_view(self, fresh: bool = False) -> tuple[int, Snapshot]:
+        """The cached (epoch, policy); read from the database the first time, or when `fresh`."""
         view = self._view
-        if view is None:
+        if view is None or fresh:
             with self.committer.engine.connect().execution_options(**READ_ONLY) as conn:
                 epoch = self.committer.ledger.epoch(conn)  # first: the policy read next is at least this fresh
                 view = self._view = (epoch, self.policies.snapshot(conn))

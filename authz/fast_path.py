@@ -42,20 +42,21 @@ class AuthorizeFastPath:
 
     def _answer(self, environ: dict) -> tuple[str, bytes] | None:
         """(status line, body) of the decision, or None to let Flask answer."""
-        if not _is_json(environ.get("CONTENT_TYPE", "")):
-            return None
         length = environ.get("CONTENT_LENGTH", "")
-        if not length.isdigit() or int(length) > self.max_body:
+        if (self.app.debug or self.app.json.compact is False  # Flask would indent its JSON
+                or not _is_json(environ.get("CONTENT_TYPE", ""))
+                or environ.get("HTTP_TRANSFER_ENCODING") or environ.get("wsgi.input_terminated")
+                or not (length.isascii() and length.isdigit()) or int(length) > self.max_body):
             return None
         raw = environ["wsgi.input"].read(int(length))
         environ["wsgi.input"] = io.BytesIO(raw)  # for Flask, should it answer after all
         warden = self.app.extensions["warden"]
-        caller = warden.authenticate(bearer_token(environ.get("HTTP_AUTHORIZATION", "")))
-        if caller is None or "authorize" not in caller.scopes:
-            return None
         try:
+            caller = warden.authenticate(bearer_token(environ.get("HTTP_AUTHORIZATION", "")))
+            if caller is None or "authorize" not in caller.scopes:
+                return None
             item = parse_authorize(decode_json_object(raw))
-        except ApiError:
+        except Exception:  # noqa: BLE001 - Flask answers (and logs) anything unexpected, once
             return None
         try:
             answer = warden.decisions.authorize([item], service=caller.name,

@@ -137,3 +137,54 @@ def test_the_subject_cache_forgets_and_expires(warden):
     expired._load = lambda names: reads.append(names) or ({}, epoch)
     expired.get({"alice"})
     assert reads == [{"alice"}]  # an expired entry is read again
+
+
+def test_no_destroyed_key_stays_in_memory(client, auth, warden, other):
+    """The erasing process forgets at once; another drops its cache at its next sweep."""
+    client.post("/v1/authorize", json=ALLOWED, headers=auth)
+    other.decisions.authorize([__import__("authz.requests", fromlist=["x"]).parse_authorize(ALLOWED)],
+                              service="t", request_id="r")
+    assert "alice" in warden.decisions.subjects._state[1] and "alice" in other.decisions.subjects._state[1]
+    warden.privacy.submit("alice", "erasure", actor="test")
+    assert warden.decisions.subjects._state == (None, {})
+    assert "alice" in other.decisions.subjects._state[1]
+    other.decisions.subjects.sweep()
+    assert other.decisions.subjects._state == (None, {})
+
+
+def test_a_sweep_drops_expired_keys(warden):
+    from audit.subject_cache import SubjectCache
+
+    cache = SubjectCache(warden.engine, warden.ledger, warden.vault, ttl=-1)
+    cache.get({"alice"})
+    assert cache._state[1]
+    cache.sweep()
+    assert cache._state[1] == {}
+
+
+def test_a_policy_change_by_a_writer_that_ignores_the_epoch_is_honoured(client, auth, warden, database_url):
+    """An older Warden, or a statement typed by hand, changes the policy and its version only:
+    the database moves the epoch itself."""
+    from sqlalchemy import text
+
+    assert client.post("/v1/authorize", json=ALLOWED, headers=auth).get_json()["allowed"] is True
+    with warden.engine.begin() as conn:
+        conn.execute(text("INSERT INTO policy_rules (ptype, v0, v1, v2, v3, v4, v5) "
+                          "VALUES ('p', 'alice', 'prod', 'db/customers', 'read', '*', 'deny')"))
+        conn.execute(text("UPDATE policy_state SET version = version + 1"))
+    answer = client.post("/v1/authorize", json=ALLOWED, headers=auth).get_json()
+    assert answer["allowed"] is False and answer["policy_version"] == 2
+
+
+@pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_after_a_change_the_policy_is_rebuilt_outside_the_head_lock(client, auth, warden, other, monkeypatch):
+    """A stale batch is made again from fresh state before the head is locked, not under it,
+    so a big policy's rebuild never holds up every process's appends."""
+    client.post("/v1/authorize", json=ALLOWED, headers=auth)
+    other.policies.apply(parse_policy_csv(POLICY + "p, alice, prod, db/customers, read, *, deny\n"),
+                         replace=True, actor="other process")
+    careful = []
+    original = warden.committer._commit_carefully
+    monkeypatch.setattr(warden.committer, "_commit_carefully", lambda *a: careful.append(1) or original(*a))
+    answer = client.post("/v1/authorize", json=ALLOWED, headers=auth).get_json()
+    assert answer["allowed"] is False and answer["policy_version"] == 2 and careful == []

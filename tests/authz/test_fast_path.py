@@ -94,3 +94,31 @@ def test_the_unaudited_deny_is_the_same_either_way(both, auth, warden, monkeypat
     first, second = both(json=ALLOWED, headers=auth)
     assert first.status_code == 503 and first.get_json()["allowed"] is False
     assert (first.data, first.status) == (second.data, second.status)
+
+
+def test_odd_framing_and_failures_before_deciding_are_left_to_flask(app, both, auth, warden, monkeypatch):
+    import io
+
+    body = json.dumps(ALLOWED).encode()
+    for odd in ({"CONTENT_LENGTH": "\u00b2"}, {"HTTP_TRANSFER_ENCODING": "chunked"},
+                {"wsgi.input_terminated": True}, {"CONTENT_LENGTH": ""}):
+        environ = {"PATH_INFO": "/v1/authorize", "REQUEST_METHOD": "POST", "CONTENT_TYPE": "application/json",
+                   "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
+                   "HTTP_AUTHORIZATION": auth["Authorization"], **odd}
+        assert app.wsgi_app._answer(environ) is None, odd
+
+    def broken(token):
+        raise RuntimeError("token store down")
+    monkeypatch.setattr(warden, "authenticate", broken)
+    first, second = both(json=ALLOWED, headers=auth)
+    assert first.status_code == 500 and first.get_json()["error"]["code"] == "internal"
+    assert (first.status_code, first.data) == (second.status_code, second.data)
+
+
+def test_debug_mode_gets_flasks_indented_answer(app, client, auth):
+    app.debug = True
+    try:
+        text = client.post("/v1/authorize", json=ALLOWED, headers=auth).get_data(as_text=True)
+    finally:
+        app.debug = False
+    assert text.startswith("{\n  ")
