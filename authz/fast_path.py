@@ -45,7 +45,7 @@ class AuthorizeFastPath:
         length = environ.get("CONTENT_LENGTH", "")
         if (self.app.debug or self.app.json.compact is False  # Flask would indent its JSON
                 or not _is_json(environ.get("CONTENT_TYPE", ""))
-                or environ.get("HTTP_TRANSFER_ENCODING") or environ.get("wsgi.input_terminated")
+                or environ.get("HTTP_TRANSFER_ENCODING")  # chunked: Flask reads to the end
                 or not (length.isascii() and length.isdigit()) or int(length) > self.max_body):
             return None
         raw = environ["wsgi.input"].read(int(length))
