@@ -193,6 +193,7 @@ def _configure_http(app: Flask) -> None:
     from authz.api import bp as authz_bp
     from authz.fast_path import AuthorizeFastPath
     from detectors.api import bp as review_bp
+    from detectors.pages import bp as review_pages_bp
 
     audit.web.install(app)
     app.register_blueprint(audit_bp)
@@ -201,6 +202,7 @@ def _configure_http(app: Flask) -> None:
     app.register_blueprint(pages_bp)
     app.register_blueprint(policy_bp)
     app.register_blueprint(review_bp)
+    app.register_blueprint(review_pages_bp)
     app.wsgi_app = AuthorizeFastPath(app, app.wsgi_app)
 
 

@@ -19,7 +19,7 @@ from flask import Blueprint, Response, abort, current_app, g, redirect, render_t
 
 from audit.chain import utcnow
 from audit.web import public
-from authz.accounts import ADMIN, MFA_ROLES, is_fresh
+from authz.accounts import ADMIN, MFA_ROLES, REVIEWER, is_fresh
 from authz.mfa import MfaError
 from authz.rules import policy_to_csv
 
@@ -47,7 +47,9 @@ def _safe_next(target: str | None, default: str) -> str:
 
 
 def _landing(account) -> str:
-    return url_for("pages.admin") if account.role == ADMIN else url_for("pages.privacy")
+    if account.role == ADMIN:
+        return url_for("pages.admin")
+    return url_for("review_pages.review") if account.role == REVIEWER else url_for("pages.privacy")
 
 
 def signed_in(*roles: str, mfa: bool = True):
@@ -90,7 +92,7 @@ def _page_context():
     session = getattr(g, "session", None)
     mfa_ok = bool(account) and (not account.needs_mfa or (account.mfa_enabled and session.mfa_at is not None))
     return {"account": account, "csrf_token": session.csrf if session else "", "mfa_ok": mfa_ok,
-            "mfa_roles": MFA_ROLES, "admin_role": ADMIN}
+            "mfa_roles": MFA_ROLES, "admin_role": ADMIN, "review_roles": (ADMIN, REVIEWER)}
 
 
 # --- sign-in --------------------------------------------------------------------------------
