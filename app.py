@@ -209,10 +209,10 @@ def _configure_http(app: Flask) -> None:
 def _configure_cli(app: Flask) -> None:
     from audit.cli import audit_cli, keys_cli, logs_cli
     from authz.cli import policy_cli, token_cli, user_cli
-    from detectors.cli import detect_cli
+    from detectors.cli import detect_cli, evidence_command
 
     for command in (db_cli, audit_cli, keys_cli, logs_cli, policy_cli, token_cli, user_cli, detect_cli,
-                    serve_command, demo_command):
+                    evidence_command, serve_command, demo_command):
         app.cli.add_command(command)
 
 

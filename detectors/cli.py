@@ -1,10 +1,11 @@
 """`warden detect ...`: train the baseline, score new decisions, evaluate the detectors on traffic."""
 
+from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 
 import click
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from audit.db import READ_ONLY
 from authz.cli import cli_actor
@@ -66,3 +67,39 @@ def detect_evaluate(traffic_file: str, out: str, contamination: float) -> None:
             share = counts["covered"] / counts["lines"] if counts["lines"] else 0
             what = "flagged (false positives)" if label == "normal" else "caught"
             click.echo(f"  {label:24s} {counts['covered']:>6} of {counts['lines']:>6} lines {what} ({share:.0%})")
+
+
+def _when(value: str, end: bool) -> datetime:
+    """A date (the whole day; `end` means up to its end) or an ISO 8601 time, in UTC."""
+    try:
+        if len(value) == 10:
+            day = datetime.combine(datetime.fromisoformat(value).date(), time(), tzinfo=timezone.utc)
+            return day + timedelta(days=1) if end else day
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (2026-11-29) or an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+@click.command("evidence")
+@with_appcontext
+@click.option("--from", "start", required=True, help="First day (YYYY-MM-DD) or time (ISO 8601, UTC).")
+@click.option("--to", "end", required=True, help="Last day, included (YYYY-MM-DD), or a time (excluded).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Directory for report.html and "
+                                                                             "evidence.json.")
+def evidence_command(start: str, end: str, out: str) -> None:
+    """Write an auditor's report for a period: ledger integrity, decisions, changes, privacy, reviews."""
+    from detectors.evidence import gather, write
+
+    begin, finish = _when(start, end=False), _when(end, end=True)
+    if finish <= begin:
+        raise click.BadParameter("--to must be after --from", param_hint="--to")
+    warden = _warden()
+    evidence = gather(warden.engine, warden.signer, begin, finish)
+    write(evidence, Path(out))
+    verdict = "intact" if evidence["ledger"]["ok"] else "FAILED verification"
+    click.echo(f"{evidence['decisions']['total']} decision(s), {len(evidence['changes'])} administrative change(s), "
+               f"{evidence['review']['opened']} review item(s) in the period; ledger {verdict}. "
+               f"Wrote {Path(out) / 'report.html'} and evidence.json")
+    if not evidence["ledger"]["ok"]:
+        raise SystemExit(1)
