@@ -160,7 +160,7 @@ def _configure_services(app: Flask) -> None:
         engine=engine, ledger=ledger, signer=signer, checkpoints=checkpoints,
         policies=policies, tokens=TokenService(engine, ledger),
         committer=committer, vault=vault,
-        decisions=DecisionService(committer, policies, vault, subjects),
+        decisions=DecisionService(committer, policies, vault, subjects, review=review.open_for_records),
         outcomes=OutcomeService(committer),
         privacy=PrivacyService(engine, ledger, vault, erasers=[policies.erase_person, mfa.forget_person],
                                holdings={"policy": policies.rows_naming}, forget_keys=subjects.forget),

@@ -90,8 +90,11 @@ class PrivacyService:
         if kind == "opt_out":
             with self.engine.begin() as conn:
                 self.vault.opt_out(conn, subject)
+                # The epoch moves so that every process's cached keys (which carry the opt-out) are renewed.
                 self.ledger.append(conn, [Entry("privacy.opt_out", {"request_id": request_id,
-                                                                    "subject": pseudonym})])
+                                                                    "subject": pseudonym})], bump_epoch=True)
+            if self.forget_keys:
+                self.forget_keys()
             return "excluded from behavioural profiling from now on"
         for erase in self.erasers:
             erase(subject, f"privacy:{request_id}")

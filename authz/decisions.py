@@ -33,11 +33,14 @@ class DecisionService:
     """
 
     def __init__(self, committer: GroupCommitter, policies: PolicyStore, vault: Vault,
-                 subjects: SubjectCache):
+                 subjects: SubjectCache, review: Callable[[list[dict]], list[dict | None]] | None = None):
         self.committer = committer
         self.policies = policies
         self.vault = vault
         self.subjects = subjects
+        # Given the decisions just recorded (pseudonyms only), opens review items at once where a rule
+        # needs no history, and says per decision what its answer's `review` is.
+        self.review = review
         self._view: tuple[int, Snapshot] | None = None  # (epoch, the policy as of that epoch)
 
     def authorize(self, requests: list[AuthorizeRequest], *, service: str, request_id: str,
@@ -63,7 +66,8 @@ class DecisionService:
                        for item, decision, decision_id in decided]
             for entry in entries:
                 entry.data_json  # noqa: B018 - serialized here, not in the writer's critical path
-            return entries, (snapshot, decided)
+            opted_out = [subjects[item.request.subject].opted_out for item, _, _ in decided]
+            return entries, (snapshot, decided, entries, opted_out)
 
         def decide_again(conn, memo):
             # The epoch moved: under the head lock, from the database.
@@ -83,7 +87,7 @@ class DecisionService:
 
         try:
             entries, result, epoch = decide_fresh(fresh=False)
-            appended, (snapshot, decided) = self.committer.submit(
+            appended, (snapshot, decided, entries, opted_out) = self.committer.submit(
                 decide_again, prepared=(entries, result), epoch=epoch, refresh=decide_fresh)
         except Exception as exc:  # CommitFailed, a lost key, anything: no record, so no decision
             log.error("decision not recorded, denying %d request(s): %s: %s", len(requests),
@@ -92,10 +96,23 @@ class DecisionService:
             raise AuditUnavailable(str(exc)) from exc
         for _, decision, _ in decided:
             DECISIONS.labels(allowed=str(decision.allowed).lower()).inc()
+        reviews = self._reviews(entries, appended, opted_out)
         return [{"allowed": decision.allowed, "decision_id": decision_id, "audit_seq": record.seq,
                  "policy_version": snapshot.version, "reason": decision.reason,
-                 "matched": decision.matched, "review": None}
-                for (item, decision, decision_id), record in zip(decided, appended)]
+                 "matched": decision.matched, "review": review}
+                for (item, decision, decision_id), record, review in zip(decided, appended, reviews)]
+
+    def _reviews(self, entries: list[Entry], appended: list, opted_out: list[bool]) -> list[dict | None]:
+        """The `review` of each answer (people who opted out of profiling are not reviewed). The
+        decisions are recorded already, so a failure here only logs: the next scoring run opens them."""
+        if self.review is None:
+            return [None] * len(entries)
+        try:
+            return self.review([{**entry.data, "seq": record.seq, "time": record.time, "opted_out": out}
+                                for entry, record, out in zip(entries, appended, opted_out)])
+        except Exception:
+            log.exception("opening review items at decision time failed; the next scoring run will")
+            return [None] * len(entries)
 
     def _policy_view(self, fresh: bool = False) -> tuple[int, Snapshot]:
         """The cached (epoch, policy); read from the database the first time, or when `fresh`."""

@@ -13,7 +13,9 @@ from audit.chain import format_time, utcnow
 from audit.db import READ_ONLY
 from audit.ledger import Entry, Ledger
 from audit.pii import scrub
+from detectors.features import DecisionEvent
 from detectors.findings import Finding
+from detectors.rules import immediate_finding
 from detectors.models import ReviewItem
 
 STATUSES = ("open", "acknowledged", "resolved", "dismissed")
@@ -51,6 +53,35 @@ class ReviewQueue:
             if result.rowcount:
                 opened.append(item_id)
         return opened
+
+    def open_for_records(self, records: list[dict]) -> list[dict | None]:
+        """`open_at_once` for decision records as the decision service has them (data, seq, time);
+        people who opted out of profiling are left out, as they are from scoring."""
+        reviewed = [r for r in records if not r.get("opted_out")]
+        answers = iter(self.open_at_once([DecisionEvent(r["seq"], r["time"], r["subject"], r["domain"],
+                                                        r["object"], r["action"], r["workflow"], r["allowed"])
+                                          for r in reviewed]))
+        return [None if r.get("opted_out") else next(answers) for r in records]
+
+    def open_at_once(self, events: list[DecisionEvent]) -> list[dict | None]:
+        """Open items for the decisions just recorded that the history-free rules flag; return, per
+        decision, what its answer's `review` says (None when nothing was opened)."""
+        findings = [immediate_finding(event) for event in events]
+        if not any(findings):
+            return [None] * len(events)
+        with self.engine.begin() as conn:
+            ids = self.open(conn, [f for f in findings if f])
+        if len(ids) != sum(1 for f in findings if f):  # a scoring run got there first: look them up
+            return [self._ref_of(f) if f else None for f in findings]
+        opened = iter(ids)
+        return [{"id": next(opened), "detector": f.detector, "priority": f.priority} if f else None
+                for f in findings]
+
+    def _ref_of(self, finding: Finding) -> dict | None:
+        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+            row = conn.execute(select(_items.c.id).where(_items.c.detector == finding.detector,
+                                                         _items.c.first_seq == min(finding.seqs))).first()
+        return {"id": row.id, "detector": finding.detector, "priority": finding.priority} if row else None
 
     def list(self, *, status: str | None = None, priority: str | None = None, detector: str | None = None,
              subject: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[dict], str | None]:

@@ -18,18 +18,25 @@ BURST_DENIALS = 5
 BURST_WINDOW = timedelta(minutes=10)
 
 
+def immediate_finding(event: DecisionEvent) -> Finding | None:
+    """What the rules that need no history say of one decision (break-glass, out of workflow), if anything."""
+    if event.workflow.lower() in BREAK_GLASS_WORKFLOWS:
+        return Finding("break_glass", (event.seq,), event.subject, 1.0, "high", (
+            f"break-glass workflow {event.workflow!r} used to {event.action} {event.object} in {event.domain}"
+            + ("" if event.allowed else " (denied)"),))
+    if event.allowed and not event.workflow:
+        return Finding("out_of_workflow", (event.seq,), event.subject, 0.6, "medium", (
+            f"{event.action} on {event.object} in {event.domain} was allowed with no declared workflow",))
+    return None
+
+
 def rule_findings(events: Iterable[DecisionEvent]) -> list[Finding]:
     """Findings of every rule over `events` (in ledger order), one per event or burst."""
     findings = []
     denials: dict[str, deque] = defaultdict(deque)
     for event in events:
-        if event.workflow.lower() in BREAK_GLASS_WORKFLOWS:
-            findings.append(Finding("break_glass", (event.seq,), event.subject, 1.0, "high", (
-                f"break-glass workflow {event.workflow!r} used to {event.action} {event.object} in {event.domain}"
-                + ("" if event.allowed else " (denied)"),)))
-        elif event.allowed and not event.workflow:
-            findings.append(Finding("out_of_workflow", (event.seq,), event.subject, 0.6, "medium", (
-                f"{event.action} on {event.object} in {event.domain} was allowed with no declared workflow",)))
+        if finding := immediate_finding(event):
+            findings.append(finding)
         if not event.allowed:
             window = denials[event.subject]
             while window and event.time - window[0].time > BURST_WINDOW:

@@ -145,3 +145,34 @@ def test_while_serving_new_decisions_are_scored_on_a_schedule(client, auth, load
         time.sleep(0.05)
     stop.set()
     assert client.get("/v1/review/items", headers=review).get_json()["items"][0]["detector"] == "break_glass"
+
+
+def test_rules_without_history_open_an_item_with_the_decision(client, auth, load_policy, runner, review, warden,
+                                                              make_token):
+    load_policy(POLICY)
+    assert decide(client, auth)["review"] is None
+    glass = decide(client, auth, workflow="break-glass")
+    assert glass["review"]["detector"] == "break_glass" and glass["review"]["priority"] == "high"
+    item = client.get(f"/v1/review/items/{glass['review']['id']}", headers=review).get_json()
+    assert item["seqs"] == [glass["audit_seq"]] and item["status"] == "open"
+    loose = decide(client, auth, subject="olga", action="delete", workflow="")
+    assert loose["review"]["detector"] == "out_of_workflow"
+    runner.invoke(args=["detect", "run"])  # finds the same two, opens nothing twice
+    items = client.get("/v1/review/items", headers=review).get_json()["items"]
+    assert sorted(i["id"] for i in items) == sorted([glass["review"]["id"], loose["review"]["id"]])
+    privacy = {"Authorization": f"Bearer {make_token('privacy')}"}
+    client.post("/v1/privacy/requests", json={"subject": "bob", "kind": "opt_out"}, headers=privacy)
+    assert decide(client, auth, subject="bob", workflow="break-glass")["review"] is None
+
+
+def test_a_failure_to_open_an_item_does_not_change_the_answer(client, auth, load_policy, warden, monkeypatch):
+    load_policy(POLICY)
+
+    def broken(records):
+        raise RuntimeError("review queue down")
+    monkeypatch.setattr(warden.decisions, "review", broken)
+    answer = client.post("/v1/authorize", headers=auth, json={
+        "subject": "alice", "domain": "prod", "object": "db/x", "action": "read",
+        "context": {"workflow": "break-glass"}})
+    assert answer.status_code == 200 and answer.get_json()["allowed"] is True
+    assert answer.get_json()["review"] is None
