@@ -147,7 +147,7 @@ def _configure_services(app: Flask) -> None:
     checkpoints = Checkpoints(engine, ledger, signer)
     accounts = AccountService(engine, ledger, vault, Passwords())
     mfa = Mfa(engine, accounts, app.config["MFA_MAX_FAILURES"])
-    review = ReviewQueue(engine, ledger)
+    review = ReviewQueue(engine, ledger, vault)
     if app.config["BACKGROUND_JOBS"]:
         _start_ledger_jobs(app, checkpoints)
     scoring = Scoring(engine, ledger, vault, review)
@@ -162,8 +162,10 @@ def _configure_services(app: Flask) -> None:
         committer=committer, vault=vault,
         decisions=DecisionService(committer, policies, vault, subjects, review=review.open_for_records),
         outcomes=OutcomeService(committer),
-        privacy=PrivacyService(engine, ledger, vault, erasers=[policies.erase_person, mfa.forget_person],
-                               holdings={"policy": policies.rows_naming}, forget_keys=subjects.forget),
+        privacy=PrivacyService(engine, ledger, vault,
+                               erasers=[policies.erase_person, mfa.forget_person, review.erase_person],
+                               holdings={"policy": policies.rows_naming, "review_items": review.items_about},
+                               forget_keys=subjects.forget),
         accounts=accounts, mfa=mfa, sessions=Sessions(engine), review=review,
         scoring=scoring,
     )

@@ -39,7 +39,8 @@ def detect_run() -> None:
     if not result.scored:
         click.echo(f"nothing new to score (scored through seq {result.through_seq})")
         return
-    forest = "rules and isolation forest" if result.forest else "rules only (no baseline: warden detect train)"
+    forest = ("rules and isolation forest" if result.forest
+              else "rules only (no usable baseline: warden detect train)")
     click.echo(f"scored {result.scored} decision(s) through seq {result.through_seq} with {forest}; "
                f"opened {len(result.opened)} review item(s)")
 

@@ -3,12 +3,13 @@
 A traffic line is a /v1/authorize body plus `time` (ISO 8601, UTC), optional
 `rows` (what the query returned) and optional `label` (`normal` or a scenario
 name). Each line is decided with the current policy (nothing is written to the
-ledger), the rules and the isolation forest run over the lot (the forest learns
-from every line: labels are never shown to it), and `DIR/items.jsonl` gets one
+ledger), the rules and the isolation forest run over the lot, and `DIR/items.jsonl` gets one
 object per review item that would be opened: `lines` (1-based input line
-numbers), `score`, `priority`, `reasons`, `detector`. With labels, the summary
-says how many of each scenario's lines some item covers, and how many covered
-lines were normal.
+numbers), `score`, `priority`, `reasons`, `detector`. The forest learns what
+is usual from the lines labelled `normal` when the file has labels (as it would
+from a clean history), else from every line. With labels, the summary says how
+many of each scenario's lines some item covers, and how many normal lines were
+flagged.
 """
 
 import hashlib
@@ -17,7 +18,7 @@ import json
 import secrets
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from audit.web import ApiError
@@ -42,29 +43,34 @@ class Evaluation:
 def read_traffic(path: Path) -> list[tuple[int, dict, datetime, int | None, str | None]]:
     """(line number, authorize body, time, rows, label) of every non-blank line; TrafficError otherwise."""
     traffic = []
-    with open(path, encoding="utf-8") as lines:
-        for number, text in enumerate(lines, start=1):
-            if not text.strip():
-                continue
-            try:
-                line = json.loads(text)
-            except ValueError as exc:
-                raise TrafficError(f"line {number}: not JSON ({exc})") from None
-            if not isinstance(line, dict):
-                raise TrafficError(f"line {number}: must be a JSON object")
-            line = dict(line)
-            time, rows, label = line.pop("time", None), line.pop("rows", None), line.pop("label", None)
-            try:
-                when = datetime.fromisoformat(str(time).replace("Z", "+00:00"))
-            except ValueError:
-                raise TrafficError(f"line {number}: time must be ISO 8601, e.g. 2026-11-29T09:30:00Z") from None
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
-            if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 0):
-                raise TrafficError(f"line {number}: rows must be a whole number of rows")
-            if label is not None and not isinstance(label, str):
-                raise TrafficError(f"line {number}: label must be a string")
-            traffic.append((number, line, when.astimezone(timezone.utc), rows, label))
+    try:
+        with open(path, encoding="utf-8") as lines:
+            texts = list(lines)
+    except UnicodeDecodeError as exc:
+        raise TrafficError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for number, text in enumerate(texts, start=1):
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+        except ValueError as exc:
+            raise TrafficError(f"line {number}: not JSON ({exc})") from None
+        if not isinstance(line, dict):
+            raise TrafficError(f"line {number}: must be a JSON object")
+        line = dict(line)
+        time, rows, label = line.pop("time", None), line.pop("rows", None), line.pop("label", None)
+        try:
+            when = datetime.fromisoformat(str(time).replace("Z", "+00:00"))
+            when = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+            when + timedelta(days=1)  # noqa: B018 - the feature windows must be able to reach past it
+        except (ValueError, OverflowError):
+            raise TrafficError(f"line {number}: time must be ISO 8601 between years 1 and 9998, "
+                               "e.g. 2026-11-29T09:30:00Z") from None
+        if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or not 0 <= rows < 2**63):
+            raise TrafficError(f"line {number}: rows must be a whole number of rows (below 2^63)")
+        if label is not None and not isinstance(label, str):
+            raise TrafficError(f"line {number}: label must be a string")
+        traffic.append((number, line, when, rows, label))
     return traffic
 
 
@@ -88,11 +94,14 @@ def evaluate(traffic, decider, *, contamination: float = 0.01, random_state: int
                for i, e in enumerate(events, start=1)]
     line_of = {i: e.seq for i, e in enumerate(events, start=1)}
     findings = rule_findings(ordered)
-    if len(ordered) >= forest.MIN_EVENTS:
-        seqs, matrix = extract(ordered)
-        _, baseline = forest.train(seqs, matrix, contamination=contamination, random_state=random_state,
-                                   trained_at="evaluation")
-        findings += forest_findings(ordered, baseline, in_baseline=lambda event: True)
+    labelled = any(label != "normal" for label in labels.values())
+    usual = {e.seq for e in ordered if not labelled or labels[line_of[e.seq]] == "normal"}
+    if len(usual) >= forest.MIN_EVENTS:
+        seqs, matrix = extract(ordered)  # features over the whole stream: the windows look back in time
+        rows = [i for i, seq in enumerate(seqs) if seq in usual]
+        _, baseline = forest.train([seqs[i] for i in rows], matrix[rows], contamination=contamination,
+                                   random_state=random_state, trained_at="evaluation")
+        findings += forest_findings(ordered, baseline, in_baseline=lambda event: event.seq in usual) or []
     items = [{"lines": sorted(line_of[s] for s in f.seqs), "score": round(f.score, 4), "priority": f.priority,
               "reasons": list(f.reasons), "detector": f.detector} for f in findings]
     items.sort(key=lambda i: i["lines"][0])

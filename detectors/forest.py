@@ -72,14 +72,19 @@ def train(seqs: list[int], matrix: np.ndarray, *, contamination: float, random_s
         highs=tuple(map(float, matrix.max(axis=0))), trained_at=trained_at)
 
 
+# Counts and sizes, where "far more than ever before" means something. Hours, weekdays and yes/no
+# features are left to the forest: a baseline recorded in one afternoon has seen one hour only.
+_MAGNITUDES = tuple(FEATURE_NAMES.index(name) for name in (
+    "subject_events_1h", "subject_distinct_objects_1h", "subject_denials_1h", "rows_log"))
+
+
 def beyond(row: np.ndarray, baseline: Baseline) -> list[int]:
-    """Indexes of the features outside everything the baseline saw, by more than a standard deviation.
+    """Indexes of the count features above everything the baseline saw, by more than a standard deviation.
 
     A forest only splits within the range it was fitted on, so it scores a value far
     beyond that range like the most extreme training value: these are flagged apart.
     """
-    return [i for i, (value, low, high, std) in enumerate(zip(row, baseline.lows, baseline.highs, baseline.stds))
-            if value > high + max(std, 0.5) or value < low - max(std, 0.5)]
+    return [i for i in _MAGNITUDES if row[i] > baseline.highs[i] + max(baseline.stds[i], 1.0)]
 
 
 def explain(row: np.ndarray, baseline: Baseline, limit: int = 3) -> list[str]:
@@ -103,7 +108,7 @@ def _say(name: str, value: float, mean: float) -> str:
         "denied": lambda: "denied" if value else "allowed",
         "no_workflow": lambda: "no declared workflow" if value else "a declared workflow",
         "writes": lambda: "a write-type action" if value else "a read-type action",
-        "domain_wide_object": lambda: "a wildcard object",
+        "domain_wide_object": lambda: "a wildcard object" if value else "a named object",
         "subject_events_1h": lambda: f"{value:.0f} decisions by this person in the past hour" + usual,
         "subject_distinct_objects_1h": lambda: f"{value:.0f} distinct objects by this person in the past hour"
                                                + usual,

@@ -13,6 +13,7 @@ from audit.chain import format_time, utcnow
 from audit.db import READ_ONLY
 from audit.ledger import Entry, Ledger
 from audit.pii import scrub
+from audit.vault import Vault
 from detectors.features import DecisionEvent
 from detectors.findings import Finding
 from detectors.rules import immediate_finding
@@ -30,9 +31,34 @@ class UnknownItem(Exception):
 class ReviewQueue:
     """Opens, lists and triages review items; every triage step is a ledger record."""
 
-    def __init__(self, engine: Engine, ledger: Ledger):
+    def __init__(self, engine: Engine, ledger: Ledger, vault: Vault | None = None):
         self.engine = engine
         self.ledger = ledger
+        self.vault = vault  # to find a person's items for an access export or an erasure
+
+    def _pseudonym(self, identifier: str) -> str | None:
+        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+            subject = self.vault.find(conn, identifier)
+        return subject.pseudonym if subject else None
+
+    def items_about(self, identifier: str) -> list[dict]:
+        """Every item about `identifier` (for their access export)."""
+        pseudonym = self._pseudonym(identifier)
+        if pseudonym is None:
+            return []
+        return self.list(subject=pseudonym, limit=10_000)[0]
+
+    def erase_person(self, identifier: str, actor: str) -> None:
+        """Eraser for privacy requests: reviewers' notes on the person's items may name them, so they
+        are removed (the items stay, under a pseudonym that leads nowhere once the key is gone)."""
+        pseudonym = self._pseudonym(identifier)
+        if pseudonym is None:
+            return
+        with self.engine.begin() as conn:
+            for row in conn.execute(select(_items.c.id, _items.c.history).where(_items.c.subject == pseudonym)):
+                history = [{**step, "note": "[removed by an erasure request]"} if "note" in step else step
+                           for step in json.loads(row.history)]
+                conn.execute(update(_items).where(_items.c.id == row.id).values(history=json.dumps(history)))
 
     def open(self, conn: Connection, findings: list[Finding], now: datetime | None = None) -> list[str]:
         """Open an item per finding, inside `conn`'s transaction; one already open for the same

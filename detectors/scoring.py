@@ -6,6 +6,7 @@ transaction with its own ledger record. Both are safe to run again and from
 several places at once: the progress row is locked while a run commits.
 """
 
+import hashlib
 import json
 import logging
 import threading
@@ -67,6 +68,9 @@ class Scoring:
         """Score the decisions after the last scored one; open review items for what looks wrong."""
         with self.engine.connect() as conn:
             state = conn.execute(select(_state).where(_state.c.id == 1)).one()
+            newest = conn.exec_driver_sql("SELECT max(seq) FROM ledger_records WHERE kind = 'decision'").scalar()
+        if newest is None or newest <= state.scored_through:  # nothing new: no need to read the ledger
+            return RunResult(0, state.scored_through, [], state.baseline is not None)
         events = list(decision_events(self.engine, self.vault))
         fresh = [e for e in events if e.seq > state.scored_through]
         if not fresh:
@@ -74,7 +78,13 @@ class Scoring:
         findings = [f for f in rule_findings(events) if max(f.seqs) > state.scored_through]
         baseline = forest.Baseline.from_json(json.loads(state.baseline)) if state.baseline else None
         if baseline is not None:
-            findings += forest_findings(events, baseline, after_seq=state.scored_through)
+            scored = forest_findings(events, baseline, after_seq=state.scored_through)
+            if scored is None:
+                log.warning("the baseline's decisions are gone (purged, or their people opted out): "
+                            "scoring with the rules only; run warden detect train")
+                baseline = None
+            else:
+                findings += scored
         through = max(e.seq for e in fresh)
         with self.engine.begin() as conn:
             locked = conn.execute(select(_state.c.scored_through).where(_state.c.id == 1).with_for_update()).scalar()
@@ -113,18 +123,30 @@ class Scoring:
         return through
 
 
+_FITTED: dict[tuple, object] = {}
+
+
+def _fitted(matrix: np.ndarray, random_state: int):
+    """The forest for these training rows, fitted once per process (the same rows give the same forest)."""
+    key = (random_state, matrix.shape, hashlib.sha256(np.ascontiguousarray(matrix).tobytes()).hexdigest())
+    if key not in _FITTED:
+        _FITTED.clear()  # one baseline at a time
+        _FITTED[key] = forest.fit(matrix, random_state)
+    return _FITTED[key]
+
+
 def forest_findings(events: list[DecisionEvent], baseline: forest.Baseline, *, after_seq: int = 0,
-                    in_baseline=None) -> list[Finding]:
+                    in_baseline=None) -> list[Finding] | None:
     """Fit the baseline's forest again, score the events after `after_seq`, and group each person's
-    outliers within an hour into one finding."""
+    outliers within an hour into one finding; None when too few of the baseline's decisions remain."""
     if in_baseline is None:
         def in_baseline(event):
             return baseline.from_seq <= event.seq <= baseline.to_seq
     seqs, matrix = extract(events)
     training = np.array([in_baseline(e) for e in sorted(events, key=lambda e: e.seq)], dtype=bool)
     if training.sum() < forest.MIN_EVENTS:
-        return []
-    model = forest.fit(matrix[training], baseline.random_state)
+        return None
+    model = _fitted(matrix[training], baseline.random_state)
     scores = forest.anomaly_scores(model, matrix)
     for index, row in enumerate(matrix):  # beyond the training range: the forest cannot tell
         if outside := forest.beyond(row, baseline):

@@ -57,7 +57,16 @@ def test_a_bad_traffic_line_is_named(runner, load_policy, tmp_path):
     for bad, message in ((good.replace('"time": "2026', '"time": "nope'), "line 2: time must be ISO 8601"),
                          ("{nope", "line 2: not JSON"),
                          (good.replace('"subject": "alice"', '"subject": "a*"'), "line 2: subject"),
-                         (good.replace('"rows": 10', '"rows": -1'), "line 2: rows must be")):
+                         (good.replace('"rows": 10', '"rows": -1'), "line 2: rows must be"),
+                         (good.replace('"rows": 10', '"rows": ' + "9" * 400), "line 2: rows must be"),
+                         (good.replace(T0.isoformat(), "0001-01-01T00:30:00+01:00"), "line 2: time must be")):
         path.write_text(good + "\n" + bad + "\n")
         result = runner.invoke(args=["detect", "evaluate", "--traffic", str(path), "--out", str(tmp_path / "o")])
         assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_a_file_that_is_not_utf8_is_named(runner, load_policy, tmp_path):
+    load_policy(POLICY)
+    (tmp_path / "t.jsonl").write_bytes(b'{"subject": "\xff"}\n')
+    result = runner.invoke(args=["detect", "evaluate", "--traffic", str(tmp_path / "t.jsonl"), "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "not UTF-8" in result.output

@@ -74,7 +74,7 @@ def test_rules_work_before_any_baseline(client, auth, load_policy, runner, revie
     load_policy(POLICY)
     decide(client, auth, workflow="break-glass")
     result = runner.invoke(args=["detect", "run"])
-    assert "rules only (no baseline: warden detect train)" in result.output
+    assert "rules only (no usable baseline: warden detect train)" in result.output
     assert client.get("/v1/review/items", headers=review).get_json()["items"][0]["detector"] == "break_glass"
 
 
@@ -112,6 +112,11 @@ def test_pages_of_items_follow_the_cursor(client, auth, load_policy, runner, rev
 
 @pytest.mark.parametrize("method, url, body, status, message", [
     ("get", "/v1/review/items?status=closed", None, 400, "status must be one of"),
+    ("get", "/v1/review/items?priority=urgent", None, 400, "priority must be one of"),
+    ("get", "/v1/review/items?subject=p_%00", None, 400, "NUL"),
+    ("get", "/v1/review/items/%00", None, 400, "NUL"),
+    ("patch", "/v1/review/items/nope", {"assignee": "a\u0000b"}, 400, "NUL"),
+    ("patch", "/v1/review/items/nope", {"note": "a\u0000b"}, 400, "NUL"),
     ("get", "/v1/review/items?limit=0", None, 400, "limit must be"),
     ("get", "/v1/review/items?limit=x", None, 400, "limit must be"),
     ("get", "/v1/review/items?colour=red", None, 400, "unknown parameter"),
@@ -176,3 +181,19 @@ def test_a_failure_to_open_an_item_does_not_change_the_answer(client, auth, load
         "context": {"workflow": "break-glass"}})
     assert answer.status_code == 200 and answer.get_json()["allowed"] is True
     assert answer.get_json()["review"] is None
+
+
+def test_access_exports_show_a_persons_items_and_erasure_removes_notes(client, auth, load_policy, review,
+                                                                      make_token, warden):
+    load_policy(POLICY)
+    glass = decide(client, auth, workflow="break-glass")
+    item_id = glass["review"]["id"]
+    client.patch(f"/v1/review/items/{item_id}", headers=review, json={"note": "called alice, she was on call"})
+    privacy = {"Authorization": f"Bearer {make_token('privacy')}"}
+    request = client.post("/v1/privacy/requests", json={"subject": "alice", "kind": "access"},
+                          headers=privacy).get_json()
+    export = client.get(f"/v1/privacy/requests/{request['id']}/export", headers=privacy).get_json()
+    assert [i["id"] for i in export["review_items"]] == [item_id]
+    client.post("/v1/privacy/requests", json={"subject": "alice", "kind": "erasure"}, headers=privacy)
+    item = client.get(f"/v1/review/items/{item_id}", headers=review).get_json()
+    assert "alice" not in json.dumps(item) and item["history"][-1]["note"] == "[removed by an erasure request]"
