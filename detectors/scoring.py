@@ -18,10 +18,11 @@ import numpy as np
 from sqlalchemy import Engine, select, update
 
 from audit.chain import format_time, utcnow
+from audit.db import READ_ONLY
 from audit.ledger import Entry, Ledger
 from audit.vault import Vault
 from detectors import forest
-from detectors.features import DecisionEvent, decision_events, extract
+from detectors.features import WINDOW, DecisionEvent, decision_events, extract, objects_used
 from detectors.findings import Finding
 from detectors.models import DetectorState
 from detectors.review import ReviewQueue
@@ -50,6 +51,7 @@ class Scoring:
         self.ledger = ledger
         self.vault = vault
         self.queue = queue
+        self._cached: tuple | None = None  # (baseline and opt-outs, the forest fitted to them)
 
     def train(self, *, actor: str, contamination: float = 0.01, random_state: int = 7) -> forest.Baseline:
         """Learn what is usual from every decision so far (opted-out people left out)."""
@@ -71,20 +73,24 @@ class Scoring:
             newest = conn.exec_driver_sql("SELECT max(seq) FROM ledger_records WHERE kind = 'decision'").scalar()
         if newest is None or newest <= state.scored_through:  # nothing new: no need to read the ledger
             return RunResult(0, state.scored_through, [], state.baseline is not None)
-        events = list(decision_events(self.engine, self.vault))
-        fresh = [e for e in events if e.seq > state.scored_through]
+        # Only what is new is read and extracted, with the hour before it (for the windows and
+        # the bursts) and the objects each person used before.
+        fresh = list(decision_events(self.engine, self.vault, after_seq=state.scored_through))
         if not fresh:
             return RunResult(0, state.scored_through, [], state.baseline is not None)
-        findings = [f for f in rule_findings(events) if max(f.seqs) > state.scored_through]
+        lookback = list(decision_events(self.engine, self.vault, upto_seq=state.scored_through,
+                                        since=min(e.time for e in fresh) - WINDOW))
+        findings = [f for f in rule_findings(lookback + fresh) if max(f.seqs) > state.scored_through]
         baseline = forest.Baseline.from_json(json.loads(state.baseline)) if state.baseline else None
-        if baseline is not None:
-            scored = forest_findings(events, baseline, after_seq=state.scored_through)
-            if scored is None:
-                log.warning("the baseline's decisions are gone (purged, or their people opted out): "
-                            "scoring with the rules only; run warden detect train")
-                baseline = None
-            else:
-                findings += scored
+        model = self._model(baseline) if baseline is not None else None
+        if baseline is not None and model is None:
+            log.warning("the baseline's decisions are gone (purged, or their people opted out): "
+                        "scoring with the rules only; run warden detect train")
+            baseline = None
+        if model is not None:
+            seen = objects_used(self.engine, {e.subject for e in fresh}, state.scored_through)
+            seqs, matrix = extract(fresh, lookback=lookback, seen=seen)
+            findings += score_rows(model, baseline, seqs, matrix, fresh)
         through = max(e.seq for e in fresh)
         with self.engine.begin() as conn:
             locked = conn.execute(select(_state.c.scored_through).where(_state.c.id == 1).with_for_update()).scalar()
@@ -97,6 +103,20 @@ class Scoring:
                 "forest": baseline is not None})])
         return RunResult(len(fresh), through, opened, baseline is not None)
 
+
+    def _model(self, baseline: forest.Baseline):
+        """The forest of `baseline`, fitted again from its decisions once per process (and again when
+        someone opts out); None when too few of them remain."""
+        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+            opted_out = sorted(self.vault.opted_out(conn))
+        key = (json.dumps(baseline.to_json(), sort_keys=True), hashlib.sha256("|".join(opted_out).encode()).digest())
+        if self._cached is None or self._cached[0] != key:
+            events = list(decision_events(self.engine, self.vault, after_seq=baseline.from_seq - 1,
+                                          upto_seq=baseline.to_seq))
+            _, matrix = extract(events)
+            model = forest.fit(matrix, baseline.random_state) if len(events) >= forest.MIN_EVENTS else None
+            self._cached = (key, model)
+        return self._cached[1]
 
     def start_schedule(self, seconds: float) -> threading.Event:
         """Score new decisions every `seconds` on a daemon thread (while serving) until the returned
@@ -123,18 +143,6 @@ class Scoring:
         return through
 
 
-_FITTED: dict[tuple, object] = {}
-
-
-def _fitted(matrix: np.ndarray, random_state: int):
-    """The forest for these training rows, fitted once per process (the same rows give the same forest)."""
-    key = (random_state, matrix.shape, hashlib.sha256(np.ascontiguousarray(matrix).tobytes()).hexdigest())
-    if key not in _FITTED:
-        _FITTED.clear()  # one baseline at a time
-        _FITTED[key] = forest.fit(matrix, random_state)
-    return _FITTED[key]
-
-
 def forest_findings(events: list[DecisionEvent], baseline: forest.Baseline, *, after_seq: int = 0,
                     in_baseline=None) -> list[Finding] | None:
     """Fit the baseline's forest again, score the events after `after_seq`, and group each person's
@@ -146,7 +154,14 @@ def forest_findings(events: list[DecisionEvent], baseline: forest.Baseline, *, a
     training = np.array([in_baseline(e) for e in sorted(events, key=lambda e: e.seq)], dtype=bool)
     if training.sum() < forest.MIN_EVENTS:
         return None
-    model = _fitted(matrix[training], baseline.random_state)
+    model = forest.fit(matrix[training], baseline.random_state)
+    keep = [i for i, seq in enumerate(seqs) if seq > after_seq]
+    return score_rows(model, baseline, [seqs[i] for i in keep], matrix[keep], events)
+
+
+def score_rows(model, baseline: forest.Baseline, seqs: list[int], matrix: np.ndarray,
+               events: list[DecisionEvent]) -> list[Finding]:
+    """Score these rows and group each person's outliers within an hour into one finding."""
     scores = forest.anomaly_scores(model, matrix)
     for index, row in enumerate(matrix):  # beyond the training range: the forest cannot tell
         if outside := forest.beyond(row, baseline):
@@ -154,7 +169,7 @@ def forest_findings(events: list[DecisionEvent], baseline: forest.Baseline, *, a
     by_seq = {e.seq: e for e in events}
     groups: dict[str, list] = defaultdict(list)
     for index, (seq, score) in enumerate(zip(seqs, scores)):
-        if seq <= after_seq or score <= baseline.threshold:
+        if score <= baseline.threshold:
             continue
         event = by_seq[seq]
         current = groups[event.subject]

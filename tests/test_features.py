@@ -52,3 +52,21 @@ def test_window_counts_match_a_brute_force_count(evs, rnd):
         earlier = [e for e in evs if e.seq < event.seq and e.subject == event.subject
                    and event.time - e.time <= timedelta(hours=1)]
         assert matrix[i, column] == len(earlier)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events, st.data())
+def test_extracting_only_new_decisions_gives_the_rows_a_full_extraction_gives(evs, data):
+    """What a scoring run does: the new decisions, the hour before them, and the objects used before."""
+    from detectors.features import WINDOW
+
+    if not evs:
+        return
+    k = data.draw(st.integers(0, len(evs) - 1))
+    old, new = evs[:k], evs[k:]
+    seqs, full = extract(evs)
+    since = min(e.time for e in new) - WINDOW
+    new_seqs, rows = extract(new, lookback=[e for e in old if e.time >= since],
+                             seen={(e.subject, e.object) for e in old})
+    assert new_seqs == seqs[k:]
+    assert (rows == full[k:]).all()
