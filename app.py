@@ -155,7 +155,8 @@ def _configure_services(app: Flask) -> None:
     if app.config["BACKGROUND_JOBS"]:
         subjects.start_sweeper()
         if app.config["DETECT_SECONDS"]:
-            scoring.start_schedule(app.config["DETECT_SECONDS"])
+            scoring.start_schedule(app.config["DETECT_SECONDS"],
+                                   lock_file=os.path.join(app.instance_path, "scoring.lock"))
     app.extensions["warden"] = Warden(
         engine=engine, ledger=ledger, signer=signer, checkpoints=checkpoints,
         policies=policies, tokens=TokenService(engine, ledger),

@@ -6,6 +6,7 @@ transaction with its own ledger record. Both are safe to run again and from
 several places at once: the progress row is locked while a run commits.
 """
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -118,17 +119,35 @@ class Scoring:
             self._cached = (key, model)
         return self._cached[1]
 
-    def start_schedule(self, seconds: float) -> threading.Event:
+    def start_schedule(self, seconds: float, lock_file: str | None = None) -> threading.Event:
         """Score new decisions every `seconds` on a daemon thread (while serving) until the returned
-        event is set; failures are logged."""
+        event is set; failures are logged. With `lock_file`, only the process holding an exclusive lock
+        on it scores (one per host instead of one per gunicorn worker); the others keep trying, so
+        one takes over if the holder stops."""
         stop = threading.Event()
+        held = []
+
+        def mine() -> bool:
+            if lock_file is None or held:
+                return True
+            handle = open(lock_file, "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                return False
+            held.append(handle)  # kept open: the lock lasts as long as this process
+            return True
 
         def loop():
             while not stop.wait(seconds):
                 try:
-                    self.run(actor="schedule")
+                    if mine():
+                        self.run(actor="schedule")
                 except Exception:
                     log.exception("scheduled scoring failed")
+            for handle in held:
+                handle.close()  # and the lock goes with it
         threading.Thread(target=loop, name="warden-scoring", daemon=True).start()
         return stop
 

@@ -197,3 +197,27 @@ def test_access_exports_show_a_persons_items_and_erasure_removes_notes(client, a
     client.post("/v1/privacy/requests", json={"subject": "alice", "kind": "erasure"}, headers=privacy)
     item = client.get(f"/v1/review/items/{item_id}", headers=review).get_json()
     assert "alice" not in json.dumps(item) and item["history"][-1]["note"] == "[removed by an erasure request]"
+
+
+def test_only_the_holder_of_the_lock_file_scores_on_schedule(client, auth, load_policy, warden, tmp_path):
+    import fcntl
+    import time
+
+    def scheduled_runs():
+        return [row for row in ledger_rows(warden.engine)
+                if row.kind == "detector.run" and json.loads(row.body)["data"]["actor"] == "schedule"]
+
+    load_policy(POLICY)
+    lock = tmp_path / "scoring.lock"
+    with open(lock, "a") as other_process:
+        fcntl.flock(other_process, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another worker holds it
+        decide(client, auth)
+        stop = warden.scoring.start_schedule(0.05, lock_file=str(lock))
+        time.sleep(0.4)
+        assert scheduled_runs() == []  # not ours to score
+        fcntl.flock(other_process, fcntl.LOCK_UN)  # the other worker stops
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not scheduled_runs():
+        time.sleep(0.05)
+    stop.set()
+    assert len(scheduled_runs()) == 1  # this one took over
