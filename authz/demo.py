@@ -99,9 +99,10 @@ Then check the ledger from another terminal:
   warden policy export
   warden policy check dave prod db/payments read --workflow maintenance
 
-The detectors learned from the demo's history. Frank (on call) breaks the glass; score, and look
-at the review queue:
+The detectors learned from the demo's history. Frank (on call) breaks the glass; the answer's
+"review" names the item it opened at once:
 {curl(glass)}
-  warden detect run
   curl -s {base_url}/v1/review/items -H 'Authorization: Bearer {token}'
+The reviewer sees it on {base_url}/review. Other findings open as new decisions are scored
+(every WARDEN_DETECT_SECONDS while serving, or now: warden detect run).
 """

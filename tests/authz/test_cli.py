@@ -138,6 +138,7 @@ def test_demo_seeds_once_and_prints_working_curl(runner, client, warden):
                for b in bodies]
     assert [a["allowed"] for a in answers] == [True, False, True]
     assert "Recorded the demo's history and trained the detector" in result.output
+    assert answers[2]["review"]["detector"] == "break_glass"
     assert runner.invoke(args=["detect", "run"]).exit_code == 0
     items = client.get("/v1/review/items", headers={"Authorization": f"Bearer {token}"}).get_json()["items"]
     assert ("break_glass", [answers[2]["audit_seq"]]) in [(i["detector"], i["seqs"]) for i in items]
