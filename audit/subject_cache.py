@@ -78,7 +78,7 @@ class SubjectCache:
         self.forget(unless_epoch=epoch)
         now = time.monotonic()
         with self._lock:
-            current, entries = self._state
+            _, entries = self._state
             expired = [identifier for identifier, (_, expires) in entries.items() if expires < now]
             for identifier in expired:
                 del entries[identifier]

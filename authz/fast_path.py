@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 from flask import Flask
 
-from audit.web import ApiError, bearer_token, decode_json_object
+from audit.web import bearer_token, decode_json_object
 from authz.api import UNAUDITED_MESSAGE, request_id
 from authz.decisions import AuditUnavailable
 from authz.requests import parse_authorize

@@ -62,7 +62,7 @@ def read_traffic(path: Path) -> list[tuple[int, dict, datetime, int | None, str 
         try:
             when = datetime.fromisoformat(str(time).replace("Z", "+00:00"))
             when = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
-            when + timedelta(days=1)  # noqa: B018 - the feature windows must be able to reach past it
+            _ = when + timedelta(days=1)  # the feature windows must be able to reach past it
         except (ValueError, OverflowError):
             raise TrafficError(f"line {number}: time must be ISO 8601 between years 1 and 9998, "
                                "e.g. 2026-11-29T09:30:00Z") from None
@@ -115,8 +115,7 @@ def write(evaluation: Evaluation, out: Path) -> None:
     """DIR/items.jsonl (one item per line) and DIR/summary.json."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "items.jsonl", "w", encoding="utf-8") as f:
-        for item in evaluation.items:
-            f.write(json.dumps(item, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in evaluation.items)
     (out / "summary.json").write_text(json.dumps({
         "lines": evaluation.lines, "items": len(evaluation.items),
         "by_detector": dict(Counter(i["detector"] for i in evaluation.items)),

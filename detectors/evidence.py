@@ -108,17 +108,18 @@ def render(e: dict) -> str:
     """The report as one HTML page with no outside assets."""
     esc = html.escape
     ledger, decisions, review = e["ledger"], e["decisions"], e["review"]
-    verdict = ("<p class='ok'>INTACT: every record from seq {0} to the head (seq {1}) verifies, against {2} "
-               "signed checkpoint(s).</p>".format(ledger["start_seq"], ledger["head_seq"],
-                                                  ledger["checkpoints_checked"]) if ledger["ok"] else
-               "<p class='bad'>FAILED at seq {0} ({1}): {2}</p>".format(
-                   ledger["first_failure"]["seq"], esc(ledger["first_failure"]["kind"]),
-                   esc(ledger["first_failure"]["message"])))
+    if ledger["ok"]:
+        verdict = (f"<p class='ok'>INTACT: every record from seq {ledger['start_seq']} to the head (seq "
+                   f"{ledger['head_seq']}) verifies, against {ledger['checkpoints_checked']} signed checkpoint(s).</p>")
+    else:
+        failure = ledger["first_failure"]
+        verdict = (f"<p class='bad'>FAILED at seq {failure['seq']} ({esc(failure['kind'])}): "
+                   f"{esc(failure['message'])}</p>")
 
     def table(head, rows):
         body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows)
         return (f"<table><thead><tr>{''.join(f'<th>{esc(h)}</th>' for h in head)}</tr></thead>"
-                f"<tbody>{body or '<tr><td colspan=%d>None</td></tr>' % len(head)}</tbody></table>")
+                f"<tbody>{body or f'<tr><td colspan={len(head)}>None</td></tr>'}</tbody></table>")
 
     grouped = defaultdict(list)
     for change in e["changes"]:

@@ -130,7 +130,7 @@ class Scoring:
         def mine() -> bool:
             if lock_file is None or held:
                 return True
-            handle = open(lock_file, "a")
+            handle = open(lock_file, "a")  # noqa: SIM115 - held open for as long as the lock
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
