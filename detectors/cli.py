@@ -101,6 +101,6 @@ def evidence_command(start: str, end: str, out: str) -> None:
     verdict = "intact" if evidence["ledger"]["ok"] else "FAILED verification"
     click.echo(f"{evidence['decisions']['total']} decision(s), {len(evidence['changes'])} administrative change(s), "
                f"{evidence['review']['opened']} review item(s) in the period; ledger {verdict}. "
-               f"Wrote {Path(out) / 'report.html'} and evidence.json")
+               f"Wrote {Path(out) / 'report.html'} and {Path(out) / 'evidence.json'}")
     if not evidence["ledger"]["ok"]:
         raise SystemExit(1)

@@ -109,10 +109,10 @@ def _say(name: str, value: float, mean: float) -> str:
         "no_workflow": lambda: "no declared workflow" if value else "a declared workflow",
         "writes": lambda: "a write-type action" if value else "a read-type action",
         "domain_wide_object": lambda: "a wildcard object" if value else "a named object",
-        "subject_events_1h": lambda: f"{value:.0f} decisions by this person in the past hour" + usual,
-        "subject_distinct_objects_1h": lambda: f"{value:.0f} distinct objects by this person in the past hour"
+        "subject_events_1h": lambda: f"{value:.0f} earlier decisions by this person in the hour before" + usual,
+        "subject_distinct_objects_1h": lambda: f"{value:.0f} distinct objects in this person's hour before"
                                                + usual,
-        "subject_denials_1h": lambda: f"{value:.0f} denials of this person in the past hour" + usual,
+        "subject_denials_1h": lambda: f"{value:.0f} denials of this person in the hour before" + usual,
         "new_object_for_subject": lambda: "the first access by this person to this object" if value
                                           else "an object this person uses",
         "rows_log": lambda: f"about {np.expm1(value):,.0f} rows returned (usually about {np.expm1(mean):,.0f})",
