@@ -1,72 +1,18 @@
 """A new admin in real Chromium: sign in, forced enrollment, codes, admin page, replay, recovery codes.
 
-Runs Debian's chromium (/usr/bin/chromium) through Playwright; never a downloaded
-browser. Skipped when it is missing, unless WARDEN_REQUIRE_BROWSER=1 (CI sets it).
-"""
+See tests/browser/conftest.py for how Chromium is found and run."""
 
-import os
 import re
-import shutil
-import subprocess
-import sys
-from datetime import datetime, timedelta, timezone
 
-import pyotp
 import pytest
 
-from app import upgrade_database
-from tests.conftest import free_port, wait_for_port
-
-CHROMIUM = os.environ.get("WARDEN_CHROMIUM", "/usr/bin/chromium")
-PASSWORD = "correct horse battery staple"
-ARTIFACTS = os.environ.get("WARDEN_BROWSER_ARTIFACTS")
-
-
-def _browser_or_skip():
-    if not shutil.which(CHROMIUM):
-        if os.environ.get("WARDEN_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"WARDEN_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium)")
-        pytest.skip(f"browser tests skipped: {CHROMIUM} not found (apt-get install chromium; "
-                    "set WARDEN_REQUIRE_BROWSER=1 to make this a failure)")
-    return pytest.importorskip("playwright.sync_api")
+from tests.browser.conftest import PASSWORD, code_at, shot
 
 
 @pytest.fixture
-def server(tmp_path):
-    url = f"sqlite:///{tmp_path / 'browser.db'}"
-    upgrade_database(url)
-    env = {**os.environ, "WARDEN_DATABASE_URL": url, "WARDEN_KEY_DIR": str(tmp_path / "keys"),
-           "WARDEN_LOG_DIR": str(tmp_path / "logs")}
-    warden = [sys.executable, "-c", "import app; app.main()"]
-    subprocess.run([*warden, "user", "create", "ada", "--role", "admin", "--password-stdin"], env=env,
-                   input=PASSWORD + "\n", text=True, check=True, capture_output=True)
-    port = free_port()
-    process = subprocess.Popen([*warden, "serve", "--port", str(port), "--workers", "1"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(port)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=30)
-
-
-@pytest.fixture
-def page(server):
-    sync_api = _browser_or_skip()
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        context = browser.new_context(base_url=server)
-        yield context.new_page()
-        context.close()
-        browser.close()
-
-
-def shot(page, name: str) -> None:
-    if ARTIFACTS:
-        os.makedirs(ARTIFACTS, exist_ok=True)
-        page.screenshot(path=os.path.join(ARTIFACTS, f"{name}.png"), full_page=True)
+def page(warden_cli, open_page):
+    warden_cli.run("user", "create", "ada", "--role", "admin", "--password-stdin", input=PASSWORD + "\n")
+    return open_page(warden_cli.serve())
 
 
 def sign_in(page) -> None:
@@ -79,10 +25,6 @@ def sign_in(page) -> None:
 def sign_out(page) -> None:
     page.click("nav button.link")
     page.wait_for_url("**/login")
-
-
-def code_at(secret: str, offset_steps: int = 0) -> str:
-    return pyotp.TOTP(secret).at(datetime.now(timezone.utc) + timedelta(seconds=30 * offset_steps))
 
 
 def test_new_admin_enrolls_and_signs_in_again_with_totp_and_recovery_codes(page):
