@@ -11,6 +11,24 @@ from audit.checkpoints import Checkpoints, export_checkpoint
 log = logging.getLogger(__name__)
 
 
+def every(seconds: float, action: Callable[[], object], name: str,
+          cleanup: Callable[[], object] | None = None) -> threading.Event:
+    """Run `action` every `seconds` on a daemon thread until the returned event is set (then `cleanup`);
+    a failure is logged and the next round runs as usual."""
+    stop = threading.Event()
+
+    def loop():
+        while not stop.wait(seconds):
+            try:
+                action()
+            except Exception:
+                log.exception("%s failed", name)
+        if cleanup:
+            cleanup()
+    threading.Thread(target=loop, name=name, daemon=True).start()
+    return stop
+
+
 class LedgerJobs:
     """Runs `tick` every `interval` seconds on a daemon thread; each job's failure is logged, not fatal."""
 
@@ -25,17 +43,14 @@ class LedgerJobs:
         self.interval = interval
         self._last_checkpoint_at = time.monotonic()
         self._last_purge_at = None
-        self._stop = threading.Event()
+        self._stop: threading.Event | None = None
 
     def start(self) -> None:
-        threading.Thread(target=self._loop, name="warden-ledger-jobs", daemon=True).start()
+        self._stop = every(self.interval, self.tick, "warden-ledger-jobs")
 
     def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.tick()
+        if self._stop:
+            self._stop.set()
 
     def tick(self, now: float | None = None) -> None:
         """Checkpoint if due, purge if due."""

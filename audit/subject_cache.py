@@ -9,7 +9,6 @@ again from the database otherwise): no record is ever sealed with a key that
 was destroyed before the record was appended.
 """
 
-import logging
 import threading
 import time
 from collections.abc import Iterable
@@ -17,11 +16,9 @@ from collections.abc import Iterable
 from sqlalchemy import Engine
 
 from audit.db import READ_ONLY
+from audit.jobs import every
 from audit.ledger import Ledger
 from audit.vault import Subject, Vault
-
-
-log = logging.getLogger(__name__)
 
 
 class SubjectCache:
@@ -85,16 +82,7 @@ class SubjectCache:
 
     def start_sweeper(self, seconds: float = 5.0) -> threading.Event:
         """`sweep` every `seconds` on a daemon thread until the returned event is set."""
-        stop = threading.Event()
-
-        def loop():
-            while not stop.wait(seconds):
-                try:
-                    self.sweep()
-                except Exception:
-                    log.exception("sweeping cached keys failed")
-        threading.Thread(target=loop, name="warden-key-sweeper", daemon=True).start()
-        return stop
+        return every(seconds, self.sweep, "warden-key-sweeper")
 
     def forget(self, unless_epoch: int | None = None) -> None:
         """Drop every cached key (unless they already belong to `unless_epoch`)."""

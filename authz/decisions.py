@@ -38,7 +38,8 @@ class DecisionService:
         self.policies = policies
         self.vault = vault
         self.subjects = subjects
-        # Given the decisions just recorded (pseudonyms only), opens review items at once where a rule
+        # Given the decisions just recorded ({data, seq, time, opted_out}; pseudonyms only), opens review
+        # items at once where a rule
         # needs no history, and says per decision what its answer's `review` is.
         self.review = review
         self._view: tuple[int, Snapshot] | None = None  # (epoch, the policy as of that epoch)
@@ -108,7 +109,7 @@ class DecisionService:
         if self.review is None:
             return [None] * len(entries)
         try:
-            return self.review([{**entry.data, "seq": record.seq, "time": record.time, "opted_out": out}
+            return self.review([{"data": entry.data, "seq": record.seq, "time": record.time, "opted_out": out}
                                 for entry, record, out in zip(entries, appended, opted_out)])
         except Exception:
             log.exception("opening review items at decision time failed; the next scoring run will")

@@ -18,8 +18,8 @@ def review():
         status = "open"
     queue = current_app.extensions["warden"].review
     items, cursor = queue.list(status=status, limit=200)
-    items.sort(key=lambda item: (_PRIORITY_ORDER.get(item["priority"], 9), item["opened_at"]), reverse=False)
-    counts = {name: len(queue.list(status=name, limit=200)[0]) for name in STATUSES}
+    items.sort(key=lambda item: (_PRIORITY_ORDER.get(item["priority"], 9), item["opened_at"]))
+    counts = queue.counts()
     return render_template("review.html", items=items, status=status, statuses=STATUSES, counts=counts,
                            more=cursor is not None, max_note=MAX_NOTE)
 

@@ -5,7 +5,7 @@ import json
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -81,13 +81,13 @@ class ReviewQueue:
         return opened
 
     def open_for_records(self, records: list[dict]) -> list[dict | None]:
-        """`open_at_once` for decision records as the decision service has them (data, seq, time);
+        """`open_at_once` for decision records as the decision service has them ({data, seq, time, opted_out});
         people who opted out of profiling are left out, as they are from scoring."""
-        reviewed = [r for r in records if not r.get("opted_out")]
-        answers = iter(self.open_at_once([DecisionEvent(r["seq"], r["time"], r["subject"], r["domain"],
-                                                        r["object"], r["action"], r["workflow"], r["allowed"])
-                                          for r in reviewed]))
-        return [None if r.get("opted_out") else next(answers) for r in records]
+        reviewed = [r for r in records if not r["opted_out"]]
+        answers = iter(self.open_at_once([DecisionEvent(r["seq"], r["time"], d["subject"], d["domain"], d["object"],
+                                                        d["action"], d["workflow"], d["allowed"])
+                                          for r in reviewed for d in (r["data"],)]))
+        return [None if r["opted_out"] else next(answers) for r in records]
 
     def open_at_once(self, events: list[DecisionEvent]) -> list[dict | None]:
         """Open items for the decisions just recorded that the history-free rules flag; return, per
@@ -126,6 +126,12 @@ class ReviewQueue:
         page = [_shape(row) for row in rows[:limit]]
         more = len(rows) > limit
         return page, encode_cursor(rows[limit - 1].opened_at, rows[limit - 1].id) if more else None
+
+    def counts(self) -> dict[str, int]:
+        """How many items there are in each status."""
+        with self.engine.connect().execution_options(**READ_ONLY) as conn:
+            found = dict(conn.execute(select(_items.c.status, func.count()).group_by(_items.c.status)).all())
+        return {status: found.get(status, 0) for status in STATUSES}
 
     def get(self, item_id: str) -> dict:
         with self.engine.connect().execution_options(**READ_ONLY) as conn:

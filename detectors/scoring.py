@@ -20,6 +20,7 @@ from sqlalchemy import Engine, select, update
 
 from audit.chain import format_time, utcnow
 from audit.db import READ_ONLY
+from audit.jobs import every
 from audit.ledger import Entry, Ledger
 from audit.vault import Vault
 from detectors import forest
@@ -124,7 +125,6 @@ class Scoring:
         event is set; failures are logged. With `lock_file`, only the process holding an exclusive lock
         on it scores (one per host instead of one per gunicorn worker); the others keep trying, so
         one takes over if the holder stops."""
-        stop = threading.Event()
         held = []
 
         def mine() -> bool:
@@ -139,17 +139,14 @@ class Scoring:
             held.append(handle)  # kept open: the lock lasts as long as this process
             return True
 
-        def loop():
-            while not stop.wait(seconds):
-                try:
-                    if mine():
-                        self.run(actor="schedule")
-                except Exception:
-                    log.exception("scheduled scoring failed")
+        def score() -> None:
+            if mine():
+                self.run(actor="schedule")
+
+        def release() -> None:
             for handle in held:
                 handle.close()  # and the lock goes with it
-        threading.Thread(target=loop, name="warden-scoring", daemon=True).start()
-        return stop
+        return every(seconds, score, "warden-scoring", cleanup=release)
 
     def accept(self, *, actor: str, reason: str) -> int:
         """Take every decision so far as reviewed (e.g. a seeded history); return the seq scored through."""
