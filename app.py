@@ -288,8 +288,8 @@ def run_server(host: str, port: int, workers: int, threads: int, tls_cert: str |
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
     options = {"bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": "gthread",
-               "accesslog": "-", "logconfig_dict": _log_config(current_app.config["LOG_DIR"]),
-               "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'}
+               "accesslog": "-", "logconfig_dict": log_config(current_app.config["LOG_DIR"]),
+               "access_log_format": ACCESS_LOG_FORMAT}
     if tls_cert:
         options.update(certfile=tls_cert, keyfile=tls_key, ssl_context=_tls13_context)
 
@@ -311,16 +311,21 @@ def run_server(host: str, port: int, workers: int, threads: int, tls_cert: str |
     Server().run()
 
 
-def _log_config(log_dir: str) -> dict:
+ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+
+
+def log_config(log_dir: str) -> dict:
     """Gunicorn logging: access and application logs to daily files (purged after retention), errors
     also to the terminal."""
     daily = {"class": "audit.logfiles.DailyFileHandler", "log_dir": log_dir, "formatter": "plain"}
+    # Access lines are written a second at a time (see DailyFileHandler); everything else at once.
+    access = {**daily, "flush_seconds": 1.0}
     return {
         "version": 1, "disable_existing_loggers": False,
         "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-        "handlers": {"daily": daily, "console": {"class": "logging.StreamHandler", "level": "WARNING",
-                                                 "formatter": "plain"}},
-        "loggers": {"gunicorn.access": {"handlers": ["daily"], "level": "INFO", "propagate": False},
+        "handlers": {"daily": daily, "access": access,
+                     "console": {"class": "logging.StreamHandler", "level": "WARNING", "formatter": "plain"}},
+        "loggers": {"gunicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
                     "gunicorn.error": {"handlers": ["daily", "console"], "level": "INFO", "propagate": False}},
         "root": {"handlers": ["daily", "console"], "level": "INFO"},
     }

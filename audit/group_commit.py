@@ -63,6 +63,7 @@ class GroupCommitter:
         self._wake = threading.Condition()
         self._owner_pid = None
         self._closed = False
+        self._conn: Connection | None = None  # the writer's own autocommit connection (Postgres)
         self._thread: threading.Thread | None = None
         self.batches = 0  # committed batches, for tests and metrics
 
@@ -94,6 +95,7 @@ class GroupCommitter:
         if self._owner_pid != os.getpid():  # first use, or a forked child: threads do not survive fork
             self._owner_pid = os.getpid()
             self._pending.clear()
+            self._conn = None  # a parent's connection is not this process's to use
             self._thread = threading.Thread(target=self._run, name="warden-ledger-writer", daemon=True)
             self._thread.start()
 
@@ -113,6 +115,7 @@ class GroupCommitter:
                     self._wake.wait()
                     self._idle = False
                 if self._closed and not self._pending:
+                    self._disconnect(broken=False)
                     return
                 if self.linger and self._concurrent:
                     # Callers are arriving together: a moment's wait makes the batch bigger and each
@@ -159,18 +162,38 @@ class GroupCommitter:
                     return None
                 continue
             refusals: list = []
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn = self._connection()
+            try:
                 prepared = _prepare(batch, conn, {}, refusals, under_lock=False)
-                entries, results = _gather(batch, prepared, refusals)
-                try:
-                    appended = self.ledger.append(conn, entries, expect_epoch=next(iter(epochs), None))
-                except StaleEpoch as stale:
-                    if retry or not _refresh(batch, stale.epoch):
-                        return None
-                    continue
+                entries, results = _gather(batch, prepared, refusals, self.ledger)
+                appended = self.ledger.append(conn, entries, expect_epoch=next(iter(epochs), None))
+            except StaleEpoch as stale:
+                if retry or not _refresh(batch, stale.epoch):
+                    return None
+                continue
+            except SQLAlchemyError:
+                self._disconnect()  # its state is unknown: the next batch starts on a fresh one
+                raise
             refused.extend(refusals)
             return appended, results
         return None
+
+    def _connection(self) -> Connection:
+        """The writer's own connection, in autocommit, kept between batches: checking one out of the
+        pool per batch (and switching it to autocommit and back) costs more CPU than the append."""
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self._conn
+
+    def _disconnect(self, broken: bool = True) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                if broken:
+                    conn.invalidate()  # never back into the pool: nobody knows what state it is in
+                conn.close()
+            except Exception:  # noqa: BLE001 - it is being thrown away either way
+                pass
 
     def _commit_carefully(self, batch: list["_Item"], refused: list) -> tuple:
         """Lock the head in a transaction, make again what was made for an older epoch, and append."""
@@ -183,7 +206,7 @@ class GroupCommitter:
             for index in stale:
                 del prepared[index]
             prepared.update(_prepare(batch, conn, memo, refused, under_lock=True, also=stale))
-            entries, results = _gather(batch, prepared, refused)
+            entries, results = _gather(batch, prepared, refused, self.ledger)
             return self.ledger.append(conn, entries, head=head), results
 
 
@@ -261,14 +284,13 @@ def _refresh(batch: list[_Item], epoch: int | None = None) -> bool:
     return True
 
 
-def _gather(batch: list[_Item], prepared: dict, refused: list) -> tuple[list[Entry], list]:
+def _gather(batch: list[_Item], prepared: dict, refused: list, ledger: Ledger) -> tuple[list[Entry], list]:
     """All entries in batch order, and where each caller's records will be; an item whose data
     cannot be serialized is refused alone."""
     entries, results = [], []
     for index, (mine, result) in sorted(prepared.items()):
         try:
-            for entry in mine:
-                entry.data_json  # noqa: B018 - serialized now, before the head is locked
+            ledger.serialize(mine)  # now, before the head is locked
         except (ValueError, TypeError, UnicodeError) as exc:  # that caller's data, not the batch
             refused.append((batch[index].future, exc))
             continue

@@ -34,6 +34,13 @@ class Entry:
         """The canonical JSON of `data`; computed once, ideally before the head lock is taken."""
         return canonical_json(self.data)
 
+    @cached_property
+    def server_row(self) -> str:
+        """This entry as one element of the Postgres append's JSON batch (see `_append_on_server`)."""
+        return json.dumps([self.kind, canonical_json(self.kind), self.data_json,
+                           *(self.index.get(name) for name in REPEATED_COLUMNS[1:])],
+                          ensure_ascii=False, separators=(",", ":"))
+
 
 class Head(NamedTuple):
     """The chain head: the last record's seq and hash, and the epoch (see LedgerHead)."""
@@ -100,6 +107,13 @@ class Ledger:
         conn.exec_driver_sql("UPDATE ledger_head SET seq = ?, hash = ?, epoch = ? WHERE id = 1",
                              (seq, head_hash, epoch + int(bump_epoch)))
         return appended
+
+    def serialize(self, entries: Iterable[Entry]) -> None:
+        """Make now, in the caller's thread, the text `append` will send for `entries`: a writer
+        that appends for many callers then only joins it."""
+        postgres = self.engine.dialect.name == "postgresql"
+        for entry in entries:
+            entry.server_row if postgres else entry.data_json  # noqa: B018 - cached on the entry
 
     @staticmethod
     def lock_head(conn: Connection) -> Head:
@@ -168,9 +182,7 @@ def _append_on_server(conn: Connection, entries: list[Entry], expect_epoch: int 
     # One statement chains and inserts the whole batch (migration 0005), so on Postgres
     # the head lock never waits for this process between round trips. The entries go as
     # one JSON text: far cheaper to send than an array per column.
-    batch = json.dumps([[e.kind, canonical_json(e.kind), e.data_json,
-                         *(e.index.get(name) for name in REPEATED_COLUMNS[1:])] for e in entries],
-                       ensure_ascii=False, separators=(",", ":"))
+    batch = "[" + ",".join(e.server_row for e in entries) + "]"
     cursor = conn.connection.dbapi_connection.cursor()
     try:
         # The time is this process's clock, as on SQLite (one clock per writer, freezable in tests).

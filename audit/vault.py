@@ -25,6 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from audit.chain import canonical_json, utcnow
 from audit.keyring import Keyring
 from audit.models import SubjectKey
+from audit.randomness import random_bytes
 from audit.signing import KeyDirError
 
 _keys = SubjectKey.__table__
@@ -125,7 +126,7 @@ class Vault:
     @staticmethod
     def seal(subject: Subject, value, aad: str) -> str:
         """Encrypt the JSON value `value` under `subject`'s key, bound to `aad` (the record's identity)."""
-        nonce = secrets.token_bytes(12)
+        nonce = random_bytes(12)
         ct = AESGCM(subject.data_key).encrypt(nonce, canonical_json(value).encode("utf-8"), aad.encode("utf-8"))
         return SEALED_PREFIX + base64.b64encode(nonce + ct).decode()
 

@@ -1,10 +1,10 @@
 """HTTP adapters for decisions: /v1/authorize, its batch form, and OpenID AuthZEN evaluations."""
 
 import re
-import uuid
 
 from flask import Blueprint, current_app, g, jsonify, request
 
+from audit.randomness import uuid4
 from audit.web import error_response, public, read_json, requires_scope
 from authz.openapi import openapi_document
 from authz.decisions import AuditUnavailable
@@ -30,7 +30,7 @@ def _unaudited(count: int):
 
 def request_id(header: str) -> str:
     """The caller's X-Request-Id when it is a sensible one, else a fresh id."""
-    return header if _REQUEST_ID.match(header) else uuid.uuid4().hex
+    return header if _REQUEST_ID.match(header) else uuid4().hex
 
 
 @bp.post("/v1/authorize")

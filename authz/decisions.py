@@ -1,7 +1,6 @@
 """The decision path: decide against the current policy, record in the ledger, then answer."""
 
 import logging
-import uuid
 from collections.abc import Callable
 
 from audit.db import READ_ONLY
@@ -9,6 +8,7 @@ from audit.group_commit import GroupCommitter
 from audit.ledger import Entry
 from audit.metrics import DECISIONS, UNAUDITED
 from audit.pii import scrub_value
+from audit.randomness import uuid4
 from audit.subject_cache import SubjectCache
 from audit.vault import Subject, Vault
 from authz.decider import Decision
@@ -59,14 +59,13 @@ class DecisionService:
             decided = []
             for item in requests:
                 decision = snapshot.decider.decide(item.request)
-                decided.append((item, decision, str(uuid.uuid4())))
+                decided.append((item, decision, str(uuid4())))
                 if stop is not None and stop(decision):
                     break
             entries = [_entry(item, decision, decision_id, service, request_id, snapshot.version,
                               subjects[item.request.subject])
                        for item, decision, decision_id in decided]
-            for entry in entries:
-                entry.data_json  # noqa: B018 - serialized here, not in the writer's critical path
+            self.committer.ledger.serialize(entries)  # here, not in the writer's critical path
             opted_out = [subjects[item.request.subject].opted_out for item, _, _ in decided]
             return entries, (snapshot, decided, entries, opted_out)
 

@@ -4,7 +4,7 @@
     python bench/authorize.py --database-url postgresql+psycopg://postgres@127.0.0.1/warden_bench
 
 Starts `warden serve` on that database and a bare Flask app (bench/bare_app.py:
-parse the JSON, answer, write nothing) with the same workers and threads, loads
+parse the JSON, answer, write nothing) with the same workers, threads and logging, loads
 each with wrk (Debian's `wrk`) for the same time and connections, and prints
 both request rates and their ratio. The two alternate for `--rounds` rounds
 (this machine is noisy) and the median ratio is the result. Every authorize
@@ -23,6 +23,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from app import ACCESS_LOG_FORMAT, log_config
 
 HERE = Path(__file__).resolve().parent
 BODY = {"subject": "alice", "domain": "prod", "object": "db/customers", "action": "read",
@@ -89,9 +91,13 @@ def main() -> None:
     before = int(json.loads(warden("audit", "verify", "--json", env=env).stdout)["head_seq"])
 
     settings = ["--workers", str(args.workers), "--threads", str(args.threads)]
+    # The bare server logs as `warden serve` does: the same access lines, to the same kind of daily files.
+    (workdir / "bare-logging.json").write_text(json.dumps(log_config(str(workdir / "bare-logs"))))
     servers = {
         "bare": [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", *settings,
-                 "--bind", f"127.0.0.1:{args.port}", "--access-logfile", "-", "bench.bare_app:create_app()"],
+                 "--bind", f"127.0.0.1:{args.port}", "--access-logfile", "-",
+                 "--access-logformat", ACCESS_LOG_FORMAT, "--log-config-json", str(workdir / "bare-logging.json"),
+                 "bench.bare_app:create_app()"],
         "authorize": [sys.executable, "-c", "import app; app.main()", "serve", *settings, "--port", str(args.port)],
     }
     print(f"settings: {args.workers} workers x {args.threads} threads, {args.connections} connections, "

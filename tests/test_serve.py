@@ -65,9 +65,12 @@ def test_tls13_is_served_and_tls12_refused(tls_server):
         assert r.status == 200
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
         urllib.request.urlopen(url, context=client_context(cert, ssl.TLSVersion.TLSv1_2), timeout=10)
-    time.sleep(0.5)
     today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    assert "GET /healthz" in (logs / f"warden-{today}.log").read_text()
+    log = logs / f"warden-{today}.log"
+    deadline = time.monotonic() + 10  # access lines are written within a second
+    while "GET /healthz" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "GET /healthz" in log.read_text()
 
 
 def test_daily_log_files_are_purged_after_retention(tmp_path):
@@ -82,3 +85,28 @@ def test_daily_log_files_are_purged_after_retention(tmp_path):
     (tmp_path / "unrelated.txt").write_text("kept")
     assert purge_logs(tmp_path, 30, today=today) == [old.name]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unrelated.txt", f"warden-{today.isoformat()}.log"]
+
+
+def test_access_lines_are_held_a_moment_then_written_whole(tmp_path):
+    import logging
+    import time
+    handler = DailyFileHandler(tmp_path, flush_seconds=0.2)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = tmp_path / f"warden-{datetime.datetime.now(datetime.timezone.utc).date().isoformat()}.log"
+
+    def emit(message, level=logging.INFO):
+        handler.handle(logging.LogRecord("gunicorn.access", level, __file__, 1, message, None, None))
+
+    for n in range(3):
+        emit(f"GET /{n}")
+    assert not log.exists() or log.read_text() == ""  # held, not yet written
+    emit("something went wrong", logging.WARNING)  # a warning writes at once, with what was held
+    assert log.read_text() == "GET /0\nGET /1\nGET /2\nsomething went wrong\n"
+    emit("GET /later")
+    deadline = time.monotonic() + 5
+    while "GET /later" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log.read_text().endswith("GET /later\n")  # the flusher wrote it, with no further request
+    emit("GET /last")
+    handler.close()
+    assert log.read_text().endswith("GET /later\nGET /last\n")

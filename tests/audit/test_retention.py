@@ -24,10 +24,19 @@ def aged(warden):
 
 
 def test_a_backdated_created_at_cannot_make_the_purge_take_fresh_records(aged, runner, verify):
-    tamper(aged.engine, "UPDATE ledger_records SET created_at = :t WHERE seq = 15", t=utcnow() - timedelta(days=90))
+    tamper(aged.engine, "UPDATE ledger_records SET created_at = :t WHERE seq = 15", t=utcnow() - timedelta(days=31))
     result = runner.invoke(args=["audit", "purge"])
     assert result.exit_code == 1 and "the row was edited" in result.output
     assert len(ledger_rows(aged.engine)) == 15
+    assert verify().first_failure.seq == 15
+
+
+def test_a_record_backdated_beyond_the_old_ones_is_not_taken_either(aged, runner, verify):
+    # The purge runs up to the newest old record by created_at: here seq 10, whose hashed time is old.
+    tamper(aged.engine, "UPDATE ledger_records SET created_at = :t WHERE seq = 15", t=utcnow() - timedelta(days=90))
+    result = runner.invoke(args=["audit", "purge"])
+    assert result.exit_code == 0 and "purged 10 record(s) through seq 10" in result.output
+    assert [row.seq for row in ledger_rows(aged.engine)][:5] == [11, 12, 13, 14, 15]
     assert verify().first_failure.seq == 15
 
 

@@ -1,0 +1,51 @@
+"""Random nonces and ids for the decision path, drawn from the OS in blocks rather than per call.
+
+`os.urandom` releases the GIL around its system call. In a gunicorn worker whose
+threads are all busy, every release hands the GIL to another thread and back,
+and a decision used to make three such calls (its id and two AES-GCM nonces).
+Measured with `bench/authorize.py`: fewer context switches per request and about
+6% more decisions per second. The bytes are still the operating system's CSPRNG
+output, each handed out once; a forked child never sees its parent's block.
+Keys are not made here: they come from `secrets` directly.
+"""
+
+import os
+import threading
+import uuid
+
+_BLOCK = 4096
+
+
+class _Pool:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._block = b""
+        self._used = 0
+
+    def take(self, n: int) -> bytes:
+        if n > _BLOCK // 4:
+            return os.urandom(n)
+        with self._lock:
+            if self._used + n > len(self._block):
+                self._block, self._used = os.urandom(_BLOCK), 0
+            start = self._used
+            self._used += n
+            return self._block[start:self._used]
+
+
+_pool = _Pool()
+# A child must never hand out bytes its parent may hand out too (a reused AES-GCM nonce leaks plaintext).
+os.register_at_fork(after_in_child=_pool._reset)
+
+
+def random_bytes(n: int) -> bytes:
+    """`n` bytes from the OS CSPRNG, for nonces and identifiers (never for keys)."""
+    return _pool.take(n)
+
+
+def uuid4() -> uuid.UUID:
+    """A random (version 4) UUID, as `uuid.uuid4()` makes it."""
+    return uuid.UUID(bytes=random_bytes(16), version=4)

@@ -1,0 +1,45 @@
+"""Nonces and ids drawn in blocks: each byte handed out once, never shared with a forked child."""
+
+import os
+import threading
+
+from audit.randomness import random_bytes, uuid4
+
+
+def test_ids_are_version_4_uuids_and_never_repeat():
+    ids = [uuid4() for _ in range(5000)]  # crosses several blocks
+    assert all(i.version == 4 and i.variant == "specified in RFC 4122" for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_threads_never_get_the_same_bytes():
+    taken: list[bytes] = []
+
+    def take():
+        mine = [random_bytes(12) for _ in range(2000)]
+        taken.extend(mine)  # list.extend is atomic under the GIL
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(taken) == 16_000 and len(set(taken)) == len(taken)
+
+
+def test_a_forked_child_does_not_reuse_its_parents_block():
+    random_bytes(12)  # the parent holds a partly used block now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next nonce and leave at once
+        os.write(write, random_bytes(12))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 12)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 12 and child != random_bytes(12)
+
+
+def test_large_requests_go_straight_to_the_os():
+    assert len(random_bytes(5000)) == 5000
