@@ -171,8 +171,8 @@ class GroupCommitter:
                 if retry or not _refresh(batch, stale.epoch):
                     return None
                 continue
-            except SQLAlchemyError:
-                self._disconnect()  # its state is unknown: the next batch starts on a fresh one
+            except Exception:  # a driver or SQLAlchemy error: the connection's state is unknown
+                self._disconnect()  # so the next batch starts on a fresh one
                 raise
             refused.extend(refusals)
             return appended, results

@@ -3,10 +3,14 @@
 import multiprocessing
 import threading
 
+import pytest
+from sqlalchemy import text
+
 from audit.db import make_engine
+from audit.group_commit import CommitFailed, GroupCommitter
 from audit.ledger import Entry, Ledger
 from audit.verify import verify_ledger
-from tests.conftest import ledger_rows
+from tests.conftest import ledger_rows, reset_postgres
 
 
 def _append_many(url: str, worker: int, count: int) -> None:
@@ -54,7 +58,6 @@ def test_processes_append_without_forking(database_url):
 def _decide_many(url: str, worker: int, threads: int, count: int) -> None:
     import threading as th
 
-    from audit.group_commit import GroupCommitter
     engine = make_engine(url)
     committer = GroupCommitter(engine, Ledger(engine))
 
@@ -100,3 +103,27 @@ def test_group_commit_batches_concurrent_callers(warden):
     assert warden.committer.batches < 16
     # every caller returned after its own record was committed: all of them are readable now
     assert [r.seq for r in ledger_rows(warden.engine)] == list(range(1, 17))
+
+
+@pytest.mark.postgres
+def test_the_writer_replaces_a_connection_the_server_dropped(postgres_migrated):
+    """On Postgres the writer keeps one connection between batches; if it dies, that batch fails
+    (no answer without a record) and the next one appends on a fresh connection."""
+    reset_postgres(postgres_migrated)
+    engine = make_engine(postgres_migrated)
+    committer = GroupCommitter(engine, Ledger(engine))
+
+    def one(n):
+        return committer.submit(lambda conn, memo: ([Entry("test", {"n": n})], None),
+                                prepared=([Entry("test", {"n": n})], None), epoch=0)
+
+    assert one(1)[0][0].seq == 1
+    writer_pid = committer._conn.connection.dbapi_connection.info.backend_pid
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": writer_pid})
+    with pytest.raises(CommitFailed):
+        one(2)
+    assert one(3)[0][0].seq == 2
+    committer.close()
+    _check(engine, 2)
+    engine.dispose()
