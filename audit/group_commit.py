@@ -19,7 +19,8 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -48,6 +49,8 @@ class GroupCommitter:
     When the last batch held more than one caller, the writer waits up to `linger`
     seconds for more before it commits: under load that costs a millisecond or two
     of latency and saves most of each commit's fixed cost; a lone caller never waits.
+    It waits only for callers that said they are coming (`expecting`) and are still
+    making their entries: once every one of them has submitted, it commits at once.
     """
 
     def __init__(self, engine: Engine, ledger: Ledger, max_batch: int = 512, timeout: float = 30.0,
@@ -56,6 +59,8 @@ class GroupCommitter:
         self.linger = linger
         self._concurrent = False
         self._idle = False
+        self._coming = 0  # callers inside `expecting` that have not submitted yet
+        self._lingering = False
         self.ledger = ledger
         self.max_batch = max_batch
         self.timeout = timeout
@@ -67,9 +72,29 @@ class GroupCommitter:
         self._thread: threading.Thread | None = None
         self.batches = 0  # committed batches, for tests and metrics
 
+    @contextmanager
+    def expecting(self) -> Iterator["_Ticket"]:
+        """Say a submit is on its way (pass the ticket to `submit`), so a lingering writer waits for it."""
+        ticket = _Ticket()
+        with self._wake:
+            self._ensure_writer()
+            self._coming += 1
+        try:
+            yield ticket
+        finally:
+            if not ticket.used:  # it failed before submitting
+                with self._wake:
+                    self._arrived(ticket)
+
+    def _arrived(self, ticket: "_Ticket") -> None:
+        ticket.used = True
+        self._coming -= 1
+        if self._lingering and self._coming == 0:
+            self._wake.notify()
+
     def submit(self, prepare: Prepare, *, prepared: tuple[list[Entry], Any] | None = None,
                epoch: int | None = None, refresh: Callable[[], tuple[list[Entry], Any, int]] | None = None,
-               under_lock: bool = False) -> tuple[list[Appended], Any]:
+               under_lock: bool = False, ticket: "_Ticket | None" = None) -> tuple[list[Appended], Any]:
         """Append what `prepare` gives in the next batch; return (its records, its result) once committed.
 
         `prepared`: what the caller already made from cached state belonging to
@@ -87,6 +112,8 @@ class GroupCommitter:
                 raise CommitFailed("the ledger writer is closed")
             self._ensure_writer()
             self._pending.append(_Item(prepare, future, under_lock, prepared, epoch, refresh))
+            if ticket is not None and not ticket.used:
+                self._arrived(ticket)  # wakes a lingering writer when this was the last one coming
             if self._idle:  # otherwise the writer looks at the queue anyway when it is done
                 self._wake.notify()
         return future.result(self.timeout)
@@ -95,6 +122,7 @@ class GroupCommitter:
         if self._owner_pid != os.getpid():  # first use, or a forked child: threads do not survive fork
             self._owner_pid = os.getpid()
             self._pending.clear()
+            self._coming = 0
             self._conn = None  # a parent's connection is not this process's to use
             self._thread = threading.Thread(target=self._run, name="warden-ledger-writer", daemon=True)
             self._thread.start()
@@ -121,8 +149,11 @@ class GroupCommitter:
                     # Callers are arriving together: a moment's wait makes the batch bigger and each
                     # commit's fixed cost per record smaller.
                     deadline = time.monotonic() + self.linger
-                    while len(self._pending) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    while (self._coming and len(self._pending) < self.max_batch
+                           and (left := deadline - time.monotonic()) > 0):
+                        self._lingering = True
                         self._wake.wait(left)
+                        self._lingering = False
                 batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.max_batch))]
             self._concurrent = len(batch) > 1
             self._commit(batch)
@@ -208,6 +239,15 @@ class GroupCommitter:
             prepared.update(_prepare(batch, conn, memo, refused, under_lock=True, also=stale))
             entries, results = _gather(batch, prepared, refused, self.ledger)
             return self.ledger.append(conn, entries, head=head), results
+
+
+class _Ticket:
+    """A caller's word that it will submit (see `GroupCommitter.expecting`)."""
+
+    __slots__ = ("used",)
+
+    def __init__(self):
+        self.used = False
 
 
 class _Slot:

@@ -86,9 +86,10 @@ class DecisionService:
             return (*decide(snapshot, subjects), epoch if subjects_epoch == epoch else -1)
 
         try:
-            entries, result, epoch = decide_fresh(fresh=False)
-            appended, (snapshot, decided, entries, opted_out) = self.committer.submit(
-                decide_again, prepared=(entries, result), epoch=epoch, refresh=decide_fresh)
+            with self.committer.expecting() as ticket:  # a lingering writer waits for these records
+                entries, result, epoch = decide_fresh(fresh=False)
+                appended, (snapshot, decided, entries, opted_out) = self.committer.submit(
+                    decide_again, prepared=(entries, result), epoch=epoch, refresh=decide_fresh, ticket=ticket)
         except Exception as exc:  # CommitFailed, a lost key, anything: no record, so no decision
             log.error("decision not recorded, denying %d request(s): %s: %s", len(requests),
                       type(exc).__name__, exc)
