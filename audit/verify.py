@@ -212,7 +212,12 @@ def verify_ledger(engine: Engine, signer: LedgerSigner, *, external: Iterable[Si
     """
     ledger = Ledger(engine)
     report = Report()
-    with engine.connect().execution_options(**READ_ONLY) as conn, conn.begin():
+    options = dict(READ_ONLY)
+    if engine.dialect.name == "postgresql":
+        # One snapshot for the head, the checkpoints and every row, while appends go on. Read
+        # committed would read the rows later than the head, and call the newer ones beyond it.
+        options["isolation_level"] = "REPEATABLE READ"
+    with engine.connect().execution_options(**options) as conn, conn.begin():
         head_table = LedgerHead.__table__
         head = tuple(conn.execute(select(head_table.c.seq, head_table.c.hash)).one())
         report.head_seq, report.head_hash = head

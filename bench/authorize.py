@@ -6,7 +6,9 @@
 Starts `warden serve` on that database and a bare Flask app (bench/bare_app.py:
 parse the JSON, answer, write nothing) with the same workers, threads and logging, loads
 each with wrk (Debian's `wrk`) for the same time and connections, and prints
-both request rates and their ratio. The two alternate for `--rounds` rounds
+both request rates and their ratio, with what each request cost: CPU in the
+workers and in Postgres, and the workers' context switches (read from /proc;
+where the time goes, since both servers saturate the cores). The two alternate for `--rounds` rounds
 (this machine is noisy) and the median ratio is the result. Every authorize
 answer is a committed ledger record (synchronous_commit stays on); the ledger
 is verified at the end.
@@ -63,6 +65,45 @@ def run_wrk(url: str, token: str, seconds: int, connections: int, wrk_threads: i
     return {"rate": rate, "non_2xx": int(errors.group(1)) if errors else 0}
 
 
+def usage(pids: list[int]) -> tuple[float, int]:
+    """CPU seconds used so far by `pids`, and the context switches of all their threads (Linux /proc)."""
+    ticks, cpu, switches = os.sysconf("SC_CLK_TCK"), 0.0, 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        switches += int(line.split()[1])
+        except OSError:  # it ended meanwhile
+            continue
+    return cpu, switches
+
+
+def _processes() -> list[tuple[int, int, bytes]]:
+    """(pid, parent pid, command line) of every process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                found.append((int(entry.name), parent, (entry / "cmdline").read_bytes()))
+            except OSError:
+                continue
+    return found
+
+
+def children(pid: int) -> list[int]:
+    """The gunicorn workers of the server `pid`."""
+    return [child for child, parent, _ in _processes() if parent == pid]
+
+
+def postgres_pids() -> list[int]:
+    """Every Postgres server process on this machine (backends, WAL writer, ...)."""
+    return [pid for pid, _, cmdline in _processes() if cmdline.startswith(b"postgres")]
+
+
 def serve(command: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -108,6 +149,9 @@ def main() -> None:
         rounds.append(rates)
         print(f"round {number}: bare {rates['bare']['rate']:>7.0f} req/s   authorize {rates['authorize']['rate']:>7.0f} "
               f"req/s (non-2xx: {rates['authorize']['non_2xx']})   ratio {ratio(rates):.2f}", flush=True)
+        print("         per request: " + "   ".join(
+            f"{name} {r['worker_us']:.0f} µs CPU in workers, {r['postgres_us']:.0f} µs in Postgres, "
+            f"{r['switches']:.1f} context switches" for name, r in rates.items()), flush=True)
 
     report = json.loads(subprocess.run([sys.executable, "-c", "import app; app.main()", "audit", "verify",
                                         "--json"], env=env, capture_output=True, text=True).stdout)
@@ -130,7 +174,15 @@ def measure(name: str, command: list[str], env: dict, token: str, args) -> dict:
                       else f"http://127.0.0.1:{args.port}/")
         url = f"http://127.0.0.1:{args.port}/v1/authorize"
         run_wrk(url, token, 2, args.connections, args.wrk_threads)  # warm up
-        return run_wrk(url, token, args.seconds, args.connections, args.wrk_threads)
+        workers, postgres = children(server.pid), postgres_pids()
+        before = usage(workers), usage(postgres)
+        result = run_wrk(url, token, args.seconds, args.connections, args.wrk_threads)
+        after = usage(workers), usage(postgres)
+        served = result["rate"] * args.seconds
+        result.update(worker_us=(after[0][0] - before[0][0]) / served * 1e6,
+                      postgres_us=(after[1][0] - before[1][0]) / served * 1e6,
+                      switches=(after[0][1] - before[0][1]) / served)
+        return result
     finally:
         server.terminate()
         server.wait(timeout=30)

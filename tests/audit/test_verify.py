@@ -200,3 +200,25 @@ def test_spliced_body_equals_canonical_json_of_the_record(data, seq, kind):
     now = utcnow()
     expected = canonical_json({"seq": seq, "kind": kind, "time": format_time(now), "data": data})
     assert record_body(seq, kind, now, data) == expected
+
+
+def test_a_live_ledger_verifies_while_records_are_appended(warden, verify):
+    """Verification reads the head and the rows as of one moment, so appends during it are no failure."""
+    import threading
+
+    warden.ledger.record(*[Entry("test", {"n": i}) for i in range(500)])
+    stop = threading.Event()
+
+    def append():
+        while not stop.is_set():
+            warden.ledger.record(Entry("test", {"live": True}))
+    appender = threading.Thread(target=append)
+    appender.start()
+    try:
+        reports = [verify() for _ in range(15)]
+    finally:
+        stop.set()
+        appender.join()
+    assert [r.first_failure for r in reports if not r.ok] == []
+    assert reports[-1].head_seq > reports[0].head_seq  # records were appended meanwhile
+    assert verify().ok
