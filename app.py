@@ -1,5 +1,6 @@
 """Composition root: configuration, database, services, blueprints and the `warden` CLI."""
 
+import hashlib
 import os
 import sys
 import tempfile
@@ -40,6 +41,13 @@ class Warden:
     def authenticate(self, token: str | None):
         """Return the caller a bearer token belongs to, or None."""
         return self.tokens.check(token)
+
+
+def scoring_lock_file(app: Flask) -> str:
+    """The lock that lets one process per host score: one per database, so two Warden instances on
+    one host (a demo beside a real one) each score their own ledger."""
+    database = hashlib.sha256(app.config["DATABASE_URL"].encode("utf-8")).hexdigest()[:16]
+    return os.path.join(app.instance_path, f"scoring-{database}.lock")
 
 
 def target_metadata():
@@ -155,8 +163,7 @@ def _configure_services(app: Flask) -> None:
     if app.config["BACKGROUND_JOBS"]:
         subjects.start_sweeper()
         if app.config["DETECT_SECONDS"]:
-            scoring.start_schedule(app.config["DETECT_SECONDS"],
-                                   lock_file=os.path.join(app.instance_path, "scoring.lock"))
+            scoring.start_schedule(app.config["DETECT_SECONDS"], lock_file=scoring_lock_file(app))
     app.extensions["warden"] = Warden(
         engine=engine, ledger=ledger, signer=signer, checkpoints=checkpoints,
         policies=policies, tokens=TokenService(engine, ledger),

@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 from audit.db import READ_ONLY
 from audit.group_commit import CommitFailed
-from audit.outcomes import DuplicateOutcome, UnknownDecision, outcome_problem
+from audit.outcomes import DuplicateOutcome, UnknownDecision, as_reported, outcome_problem
 from audit.search import MAX_PAGE, EventFilter, decode_cursor, search_events
 from audit.verify import verify_ledger
 from audit.web import ApiError, error_response, public, read_json, requires_scope
@@ -63,7 +63,7 @@ def latest_checkpoint():
 @requires_scope("authorize")
 def report_outcome():
     """A service reports what the query it was allowed (or denied) did; chained after the decision."""
-    body = read_json()
+    body = as_reported(read_json())
     if problem := outcome_problem(body):
         raise ApiError(400, "invalid_request", problem)
     try:

@@ -22,8 +22,18 @@ class DuplicateOutcome(Refused):
     """The decision's outcome was reported already."""
 
 
+def as_reported(body: dict) -> dict:
+    """`body` with `duration` (what DESIGN.md's endpoint list calls it) read as `duration_ms` (what the
+    client and the records call it); both are milliseconds. Giving both is left to `outcome_problem`."""
+    if "duration" in body and "duration_ms" not in body:
+        body = {("duration_ms" if key == "duration" else key): value for key, value in body.items()}
+    return body
+
+
 def outcome_problem(body: dict) -> str | None:
     """Return what is wrong with an outcome report, or None when it is well-formed."""
+    if "duration" in body and "duration_ms" in body:
+        return "give duration_ms (or its other name, duration), not both"
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
         return f"unknown field {', '.join(unknown)} (expected {', '.join(FIELDS)})"

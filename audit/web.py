@@ -44,6 +44,11 @@ def bearer_token(header: str) -> str | None:
 
 
 def _gate():
+    # A NUL is never part of a name, an id or a filter, and Postgres text cannot hold one: refused
+    # here for every URL, rather than failing later as a database error.
+    if "\x00" in request.path or any("\x00" in key or "\x00" in value
+                                     for key, value in request.args.items(multi=True)):
+        return error_response(400, "bad_request", "the URL must not contain NUL characters (%00)")
     view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
     if view is None or getattr(view, "warden_public", False) or request.endpoint.rsplit(".", 1)[-1] == "static":
         return None  # unknown URLs fall through to a JSON 404; static files and pages are open to the gate
@@ -71,8 +76,8 @@ def decode_json_object(raw: bytes, max_depth: int = 8) -> dict:
         body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
-    if _has_lone_surrogate(body):
-        raise ApiError(400, "bad_json", "the body holds a lone UTF-16 surrogate (\\ud800-\\udfff): not valid text")
+    if problem := _text_problem(body):
+        raise ApiError(400, "bad_json", problem)
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
     if _depth(body) > max_depth:
@@ -91,18 +96,22 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _has_lone_surrogate(value) -> bool:
+def _text_problem(value) -> str | None:
+    """What is wrong with the text in a parsed body, if anything: a NUL (which no name, id or note
+    holds, and Postgres text cannot), or a lone surrogate (not text at all)."""
     if isinstance(value, str):
+        if "\x00" in value:
+            return "the body holds a NUL character (\\u0000): not allowed in any text"
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            return True
-        return False
+            return "the body holds a lone UTF-16 surrogate (\\ud800-\\udfff): not valid text"
+        return None
     if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+        return next((p for k, v in value.items() if (p := _text_problem(k) or _text_problem(v))), None)
     if isinstance(value, list):
-        return any(_has_lone_surrogate(v) for v in value)
-    return False
+        return next((p for v in value if (p := _text_problem(v))), None)
+    return None
 
 
 def _depth(value, level: int = 1) -> int:

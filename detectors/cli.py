@@ -10,6 +10,7 @@ from flask.cli import AppGroup, with_appcontext
 from audit.db import READ_ONLY
 from authz.cli import cli_actor
 from detectors.evaluate import TrafficError, evaluate, read_traffic, write
+from detectors.sample_traffic import sample_traffic
 from detectors.forest import NotEnoughHistory
 
 detect_cli = AppGroup("detect", help="Anomaly detection: the isolation forest and the rule detectors.")
@@ -46,14 +47,22 @@ def detect_run() -> None:
 
 
 @detect_cli.command("evaluate")
-@click.option("--traffic", "traffic_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="JSON lines: an /v1/authorize body plus time, and optional rows and label.")
+@click.option("--traffic", "traffic_file", type=click.Path(exists=True, dir_okay=False),
+              help="JSON lines: an /v1/authorize body plus time, and optional rows and label. "
+                   "Without it: Warden's labelled sample for the demo policy, written to DIR/traffic.jsonl.")
 @click.option("--out", type=click.Path(file_okay=False), default="detect-evaluation", show_default=True,
               help="Directory for items.jsonl and summary.json.")
 @click.option("--contamination", type=click.FloatRange(0.0001, 0.5), default=0.01, show_default=True)
-def detect_evaluate(traffic_file: str, out: str, contamination: float) -> None:
+def detect_evaluate(traffic_file: str | None, out: str, contamination: float) -> None:
     """Run the detectors over recorded traffic, decided with the current policy; write what they open."""
     warden = _warden()
+    if traffic_file is None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        traffic_file = str(Path(out) / "traffic.jsonl")
+        sample = sample_traffic()
+        Path(traffic_file).write_text("\n".join(sample) + "\n", encoding="utf-8")
+        click.echo(f"no --traffic: evaluating Warden's sample ({len(sample)} labelled lines written for the demo "
+                   f"policy) -> {traffic_file}")
     try:
         traffic = read_traffic(Path(traffic_file))
         with warden.engine.connect().execution_options(**READ_ONLY) as conn:

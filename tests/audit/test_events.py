@@ -39,6 +39,12 @@ def test_outcome_is_chained_after_its_decision(client, auth, decided, warden):
     assert stored["data"]["rows"] == 12 and stored["data"]["decision_seq"] == decision["audit_seq"]
 
 
+def test_duration_is_another_name_for_duration_ms(client, auth, decided, warden):
+    report = {"decision_id": decided[0]["decision_id"], "duration": 8, "status": "ok"}
+    assert client.post("/v1/audit/events", json=report, headers=auth).status_code == 201
+    assert json.loads(ledger_rows(warden.engine)[-1].body)["data"]["duration_ms"] == 8
+
+
 def test_outcome_for_an_unknown_decision_is_404_and_a_second_is_409(client, auth, decided, make_token):
     assert client.post("/v1/audit/events", json={"decision_id": "nope", "status": "ok"},
                        headers=auth).status_code == 404
@@ -59,6 +65,8 @@ def test_outcome_for_an_unknown_decision_is_404_and_a_second_is_409(client, auth
     ({"decision_id": "x", "duration_ms": True, "status": "ok"}, "duration_ms must be"),
     ({"decision_id": "x", "status": "not ok!"}, "status must be"),
     ({"decision_id": "x", "row": 1, "status": "ok"}, "unknown field"),
+    ({"decision_id": "x", "duration": 3, "duration_ms": 3, "status": "ok"}, "not both"),
+    ({"decision_id": "a\u0000", "status": "ok"}, "NUL"),
 ])
 def test_bad_outcome_reports_are_400(client, auth, report, message, warden):
     before = ledger_rows(warden.engine)
@@ -155,6 +163,27 @@ def test_export_lines_reverify_outside_warden(runner, decided, warden):
 @pytest.mark.parametrize("url", ["/v1/audit/events?limit=%C2%B2", "/v1/audit/events?from_seq=%D9%A3"])
 def test_non_ascii_digits_are_400(client, reader, url):
     assert client.get(url, headers=reader).status_code == 400
+
+
+@pytest.mark.parametrize("method,url,body", [
+    ("get", "/v1/audit/events?object=%00", None),
+    ("get", "/v1/audit/events?kind=a%00", None),
+    ("get", "/v1/audit/events?sub%00ject=x", None),
+    ("get", "/v1/privacy/requests/%00", None),
+    ("get", "/v1/privacy/requests/%00/export", None),
+    ("post", "/v1/authorize", {"subject": "alice", "domain": "prod", "object": "db/x\u0000", "action": "read"}),
+    ("post", "/v1/authorize", {"subject": "alice", "domain": "prod", "object": "db/x", "action": "read",
+                               "context": {"note": "a\u0000b"}}),
+    ("post", "/v1/privacy/requests", {"subject": "al\u0000ice", "kind": "access"}),
+])
+def test_nul_anywhere_is_400_on_every_backend(client, make_token, warden, method, url, body):
+    """Postgres text cannot hold NUL: refused as bad input up front, never a 500 or a 503."""
+    everything = {"Authorization": f"Bearer {make_token('authorize', 'audit:read', 'privacy')}"}
+    before = ledger_rows(warden.engine)
+    response = getattr(client, method)(url, json=body, headers=everything) if body is not None else \
+        getattr(client, method)(url, headers=everything)
+    assert response.status_code == 400 and "NUL" in response.get_json()["error"]["message"]
+    assert ledger_rows(warden.engine) == before
 
 
 def test_huge_ids_in_paths_are_404(client, make_token):

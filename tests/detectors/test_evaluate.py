@@ -70,3 +70,17 @@ def test_a_file_that_is_not_utf8_is_named(runner, load_policy, tmp_path):
     (tmp_path / "t.jsonl").write_bytes(b'{"subject": "\xff"}\n')
     result = runner.invoke(args=["detect", "evaluate", "--traffic", str(tmp_path / "t.jsonl"), "--out", str(tmp_path)])
     assert result.exit_code == 1 and "not UTF-8" in result.output
+
+
+def test_without_traffic_the_sample_for_the_demo_policy_is_evaluated(runner, load_policy, tmp_path):
+    from importlib.resources import files
+    load_policy(files("authz").joinpath("demo_policy.csv").read_text(encoding="utf-8"))
+    result = runner.invoke(args=["detect", "evaluate", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "no --traffic" in result.output and "traffic.jsonl" in result.output
+    lines = (tmp_path / "out" / "traffic.jsonl").read_text().splitlines()  # the lines items point at
+    assert len(lines) == 310 and json.loads(lines[300])["label"] == "break_glass"
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert all(counts["covered"] == counts["lines"]
+               for label, counts in summary["by_label"].items() if label != "normal")
+    assert summary["by_label"]["normal"]["covered"] <= 15

@@ -221,3 +221,11 @@ def test_only_the_holder_of_the_lock_file_scores_on_schedule(client, auth, load_
         time.sleep(0.05)
     stop.set()
     assert len(scheduled_runs()) == 1  # this one took over
+
+
+def test_each_database_has_its_own_scoring_lock(tmp_path):
+    from app import create_app, scoring_lock_file
+    first = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}", "INSTANCE_PATH": str(tmp_path)})
+    second = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}", "INSTANCE_PATH": str(tmp_path)})
+    assert scoring_lock_file(first) != scoring_lock_file(second)
+    assert scoring_lock_file(first) == scoring_lock_file(first)
