@@ -40,6 +40,7 @@ class DailyFileHandler(logging.Handler):
         self._held: list[str] = []
         self._held_size = 0
         self._flusher_pid: int | None = None
+        self._closed = False
         me = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (handler := me()) and handler._forget_held())
 
@@ -50,7 +51,10 @@ class DailyFileHandler(logging.Handler):
             if day != self._day:
                 self._write_held()  # yesterday's lines into yesterday's file
                 if self._fd is not None:
-                    os.close(self._fd)
+                    # Forgotten before the next open: if that fails, a later line must not close
+                    # this number again, by then perhaps another file's or a socket's.
+                    fd, self._fd, self._day = self._fd, None, None
+                    os.close(fd)
                 self._fd = os.open(self.log_dir / f"warden-{day.isoformat()}.log",
                                    os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 self._day = day
@@ -69,6 +73,7 @@ class DailyFileHandler(logging.Handler):
 
     def close(self) -> None:
         with self.lock:
+            self._closed = True
             self._write_held()
             if self._fd is not None:
                 os.close(self._fd)
@@ -89,7 +94,7 @@ class DailyFileHandler(logging.Handler):
             threading.Thread(target=self._flush_every, name="warden-log-flush", daemon=True).start()
 
     def _flush_every(self) -> None:
-        while self._fd is not None or self._held:
+        while not self._closed:
             time.sleep(self.flush_seconds)
             try:
                 self.flush()

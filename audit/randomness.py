@@ -6,7 +6,9 @@ and a decision used to make three such calls (its id and two AES-GCM nonces).
 Measured with `bench/authorize.py`: fewer context switches per request and about
 6% more decisions per second. The bytes are still the operating system's CSPRNG
 output, each handed out once; a forked child never sees its parent's block.
-Keys are not made here: they come from `secrets` directly.
+Keys are not made here: they come from `secrets` directly. The price: a memory
+snapshot of a running process (a cloned VM) holds up to 4 KiB of nonces to come,
+so two copies resumed from one snapshot could repeat them.
 """
 
 import os
@@ -18,10 +20,12 @@ _BLOCK = 4096
 
 class _Pool:
     def __init__(self):
-        self._lock = threading.Lock()
         self._reset()
 
     def _reset(self) -> None:
+        # Also in a forked child: a new lock, since another thread may have held the parent's (it
+        # releases the GIL while reading the OS) at the moment of the fork.
+        self._lock = threading.Lock()
         self._block = b""
         self._used = 0
 

@@ -44,6 +44,7 @@ class AuthorizeFastPath:
         """(status line, body) of the decision, or None to let Flask answer."""
         length = environ.get("CONTENT_LENGTH", "")
         if (self.app.debug or self.app.json.compact is False  # Flask would indent its JSON
+                or environ.get("QUERY_STRING")  # authorize takes none: Flask's gate judges the URL
                 or not _is_json(environ.get("CONTENT_TYPE", ""))
                 or environ.get("HTTP_TRANSFER_ENCODING")  # chunked: Flask reads to the end
                 or not (length.isascii() and length.isdigit()) or int(length) > self.max_body):

@@ -110,3 +110,27 @@ def test_access_lines_are_held_a_moment_then_written_whole(tmp_path):
     emit("GET /last")
     handler.close()
     assert log.read_text().endswith("GET /later\nGET /last\n")
+
+
+def test_a_failed_open_at_midnight_never_closes_someone_elses_descriptor(tmp_path):
+    import logging
+    import shutil
+    handler = DailyFileHandler(tmp_path / "logs")
+    handler.handleError = lambda record: None  # the failure is the point here; logging would print it
+    yesterday = datetime.datetime(2026, 11, 28, 23, 59, tzinfo=datetime.timezone.utc).timestamp()
+
+    def emit(at: float):
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "line", None, None)
+        record.created = at
+        handler.emit(record)
+
+    emit(yesterday)
+    shutil.rmtree(tmp_path / "logs")  # today's file cannot be opened
+    emit(yesterday + 120)  # closes yesterday's file, fails to open today's
+    read, write = os.pipe()  # likely given the number yesterday's file had
+    emit(yesterday + 180)  # fails again: must not close that number a second time
+    os.write(write, b"still mine")
+    assert os.read(read, 10) == b"still mine"
+    os.close(read)
+    os.close(write)
+    handler.close()

@@ -43,3 +43,30 @@ def test_a_forked_child_does_not_reuse_its_parents_block():
 
 def test_large_requests_go_straight_to_the_os():
     assert len(random_bytes(5000)) == 5000
+
+
+def test_a_child_forked_while_another_thread_draws_does_not_hang():
+    import time
+    stop = threading.Event()
+
+    def draw():
+        while not stop.is_set():
+            random_bytes(1000)  # a new block every few calls: the lock is often held across os.urandom
+    drawer = threading.Thread(target=draw)
+    drawer.start()
+    try:
+        for _ in range(50):
+            pid = os.fork()
+            if pid == 0:
+                random_bytes(12)
+                os._exit(0)
+            deadline = time.monotonic() + 5
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            if done[0] == 0:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                raise AssertionError("a forked child hung on the pool's lock")
+    finally:
+        stop.set()
+        drawer.join()

@@ -104,7 +104,8 @@ def test_odd_framing_and_failures_before_deciding_are_left_to_flask(app, both, a
         return {"PATH_INFO": "/v1/authorize", "REQUEST_METHOD": "POST", "CONTENT_TYPE": "application/json",
                 "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
                 "HTTP_AUTHORIZATION": auth["Authorization"], **odd}
-    for odd in ({"CONTENT_LENGTH": "\u00b2"}, {"HTTP_TRANSFER_ENCODING": "chunked"}, {"CONTENT_LENGTH": ""}):
+    for odd in ({"CONTENT_LENGTH": "\u00b2"}, {"HTTP_TRANSFER_ENCODING": "chunked"}, {"CONTENT_LENGTH": ""},
+                {"QUERY_STRING": "x=1"}):
         assert app.wsgi_app._answer(environ(**odd)) is None, odd
     # what gunicorn sends for every request: the fast path must take it
     assert app.wsgi_app._answer(environ(**{"wsgi.input_terminated": True}))[0] == "200 OK"
@@ -115,6 +116,13 @@ def test_odd_framing_and_failures_before_deciding_are_left_to_flask(app, both, a
     first, second = both(json=ALLOWED, headers=auth)
     assert first.status_code == 500 and first.get_json()["error"]["code"] == "internal"
     assert (first.status_code, first.data) == (second.status_code, second.data)
+
+
+def test_a_nul_in_the_query_is_refused_as_on_every_other_route(client, auth, warden):
+    before = ledger_rows(warden.engine)
+    response = client.post("/v1/authorize?x=%00", json=ALLOWED, headers=auth)
+    assert response.status_code == 400 and "NUL" in response.get_json()["error"]["message"]
+    assert ledger_rows(warden.engine) == before
 
 
 def test_debug_mode_gets_flasks_indented_answer(app, client, auth):
