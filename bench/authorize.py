@@ -118,6 +118,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="bare/authorize pairs; the median ratio counts")
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--port", type=int, default=8931)
+    parser.add_argument("--prototype", choices=["async_response"],
+                        help="serve authorize with an experiment of bench/prototypes/ loaded (not Warden as shipped)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="warden-bench-"))
@@ -142,7 +144,8 @@ def main() -> None:
         "authorize": [sys.executable, "-c", "import app; app.main()", "serve", *settings, "--port", str(args.port)],
     }
     print(f"settings: {args.workers} workers x {args.threads} threads, {args.connections} connections, "
-          f"{args.seconds}s per run, Postgres synchronous_commit on")
+          f"{args.seconds}s per run, Postgres synchronous_commit on"
+          + (f"; authorize with bench/prototypes/{args.prototype} (not Warden as shipped)" if args.prototype else ""))
     rounds = []
     for number in range(1, args.rounds + 1):
         rates = {name: measure(name, command, env, token, args) for name, command in servers.items()}
@@ -168,7 +171,10 @@ def ratio(rates: dict) -> float:
 
 def measure(name: str, command: list[str], env: dict, token: str, args) -> dict:
     """Start one server, warm it up, load it with wrk, stop it; return its rate."""
-    server = serve(command, {**env, "PYTHONPATH": str(HERE.parent)})
+    path = str(HERE.parent)
+    if name == "authorize" and args.prototype:  # loaded as sitecustomize by the authorize server only
+        path = os.pathsep.join((str(HERE / "prototypes" / args.prototype), path))
+    server = serve(command, {**env, "PYTHONPATH": path})
     try:
         wait_until_up(f"http://127.0.0.1:{args.port}/healthz" if name == "authorize"
                       else f"http://127.0.0.1:{args.port}/")
