@@ -134,6 +134,8 @@ class GroupCommitter:
             self._wake.notify()
         if self._thread is not None and self._owner_pid == os.getpid():
             self._thread.join(timeout)
+            if not self._thread.is_alive():
+                self._disconnect(broken=False)  # the writer's own, should it not have let go of it
 
     def _run(self) -> None:
         while True:
