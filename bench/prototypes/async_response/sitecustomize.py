@@ -61,8 +61,9 @@ def _begin(worker, req, conn):
     try:
         item = parse_authorize(decode_json_object(req.body.read()))
     except ApiError as exc:
-        return _send_later(worker, conn, req, resp, environ, started, "400 BAD REQUEST",
-                           {"error": {"code": exc.code, "message": exc.message}})
+        _send(worker, conn, req, resp, environ, started, "400 BAD REQUEST",
+              {"error": {"code": exc.code, "message": exc.message}})
+        return _ANSWERED_LATER
     decisions = warden.decisions
     epoch, snapshot = decisions._policy_view()
     subjects, subjects_epoch = decisions.subjects.get({item.request.subject})
@@ -90,11 +91,6 @@ def _begin(worker, req, conn):
                                         ([entry], None), epoch if subjects_epoch == epoch else -1, None))
         if committer._idle:
             committer._wake.notify()
-    return _ANSWERED_LATER
-
-
-def _send_later(worker, conn, req, resp, environ, started, status, body):
-    _send(worker, conn, req, resp, environ, started, status, body)
     return _ANSWERED_LATER
 
 
