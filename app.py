@@ -168,7 +168,7 @@ def _configure_services(app: Flask) -> None:
         engine=engine, ledger=ledger, signer=signer, checkpoints=checkpoints,
         policies=policies, tokens=TokenService(engine, ledger),
         committer=committer, vault=vault,
-        decisions=DecisionService(committer, policies, vault, subjects, review=review.open_for_records),
+        decisions=DecisionService(committer, policies, vault, subjects, review=review),
         outcomes=OutcomeService(committer),
         privacy=PrivacyService(engine, ledger, vault,
                                erasers=[policies.erase_person, mfa.forget_person, review.erase_person],
@@ -213,7 +213,7 @@ def _configure_http(app: Flask) -> None:
     app.register_blueprint(policy_bp)
     app.register_blueprint(review_bp)
     app.register_blueprint(review_pages_bp)
-    app.wsgi_app = AuthorizeFastPath(app, app.wsgi_app)
+    app.wsgi_app = app.extensions["authorize_fast_path"] = AuthorizeFastPath(app, app.wsgi_app)
 
 
 def _configure_cli(app: Flask) -> None:
@@ -294,7 +294,8 @@ def run_server(host: str, port: int, workers: int, threads: int, tls_cert: str |
 
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    options = {"bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": "gthread",
+    options = {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
+               "worker_class": "authz.worker.WardenWorker",
                "accesslog": "-", "logconfig_dict": log_config(current_app.config["LOG_DIR"]),
                "access_log_format": ACCESS_LOG_FORMAT}
     if tls_cert:

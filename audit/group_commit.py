@@ -15,6 +15,7 @@ locked, the batch takes the careful path: a transaction that locks the head,
 makes the stale items again under the lock, and appends.
 """
 
+import logging
 import os
 import threading
 import time
@@ -22,13 +23,15 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from audit.ledger import Appended, Entry, Ledger, StaleEpoch
 from audit.metrics import BATCH_SIZE, COMMIT_SECONDS
+
+log = logging.getLogger(__name__)
 
 # prepare(conn, memo) -> (entries to append, anything to hand back to the caller).
 # `memo` is shared by the batch: a place to read something once per transaction.
@@ -106,17 +109,27 @@ class GroupCommitter:
         Otherwise `prepare` runs in the writer before the lock; it must only read.
         Raises Refused when `prepare` refused, CommitFailed when the batch did not commit.
         """
-        future = _Slot()
+        slot = Waiter()
+        self.submit_later(prepare, slot, prepared=prepared, epoch=epoch, refresh=refresh,
+                          under_lock=under_lock, ticket=ticket)
+        return slot.result(self.timeout)
+
+    def submit_later(self, prepare: Prepare, outcome: "Outcome", *, prepared: tuple[list[Entry], Any] | None = None,
+                     epoch: int | None = None, refresh: Callable[[], tuple[list[Entry], Any, int]] | None = None,
+                     under_lock: bool = False, ticket: "_Ticket | None" = None) -> None:
+        """`submit` without waiting: the writer thread calls `outcome.set_result((records, result))` once
+        the batch is committed, or `outcome.set_exception(Refused | CommitFailed)`; exactly one of them,
+        once. They run in the writer, so they must be quick (every later batch waits for them).
+        Raises CommitFailed at once when the writer is closed."""
         with self._wake:
             if self._closed:
                 raise CommitFailed("the ledger writer is closed")
             self._ensure_writer()
-            self._pending.append(_Item(prepare, future, under_lock, prepared, epoch, refresh))
+            self._pending.append(_Item(prepare, outcome, under_lock, prepared, epoch, refresh))
             if ticket is not None and not ticket.used:
                 self._arrived(ticket)  # wakes a lingering writer when this was the last one coming
             if self._idle:  # otherwise the writer looks at the queue anyway when it is done
                 self._wake.notify()
-        return future.result(self.timeout)
 
     def _ensure_writer(self) -> None:
         if self._owner_pid != os.getpid():  # first use, or a forked child: threads do not survive fork
@@ -161,24 +174,24 @@ class GroupCommitter:
             self._commit(batch)
 
     def _commit(self, batch: list["_Item"]) -> None:
-        refused: list[tuple[_Slot, BaseException]] = []
+        refused: list[tuple[Outcome, BaseException]] = []
         started = time.perf_counter()
         try:
             done = self._commit_at_once(batch, refused) or self._commit_carefully(batch, refused)
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear of any failure
             failure = CommitFailed(f"{type(exc).__name__}: {exc}")
             for item in batch:
-                item.future.set_exception(failure)
+                _tell(item.outcome.set_exception, failure)
             return
         appended, results = done
         COMMIT_SECONDS.observe(time.perf_counter() - started)
         BATCH_SIZE.observe(len(appended))
         # Answers go out only now, after the commit and with the connection back in the pool.
-        for future, refusal in refused:
-            future.set_exception(refusal)
+        for outcome, refusal in refused:
+            _tell(outcome.set_exception, refusal)
         self.batches += 1
-        for future, start, end, result in results:
-            future.set_result((appended[start:end], result))
+        for outcome, start, end, result in results:
+            _tell(outcome.set_result, (appended[start:end], result))
 
     def _commit_at_once(self, batch: list["_Item"], refused: list) -> tuple | None:
         """The batch as one autocommitted statement (Postgres); None when it needs the careful path.
@@ -243,6 +256,22 @@ class GroupCommitter:
             return self.ledger.append(conn, entries, head=head), results
 
 
+class Outcome(Protocol):
+    """Where the writer tells a caller how its submit ended (see `GroupCommitter.submit_later`)."""
+
+    def set_result(self, value: tuple[list[Appended], Any]) -> None: ...
+
+    def set_exception(self, error: BaseException) -> None: ...
+
+
+def _tell(method: Callable[[Any], None], value: Any) -> None:
+    """Hand one caller its outcome; a caller whose handler fails must not cost the others theirs."""
+    try:
+        method(value)
+    except Exception:
+        log.exception("a ledger caller's outcome handler failed")
+
+
 class _Ticket:
     """A caller's word that it will submit (see `GroupCommitter.expecting`)."""
 
@@ -252,8 +281,8 @@ class _Ticket:
         self.used = False
 
 
-class _Slot:
-    """Where the writer puts one caller's outcome; cheaper to wait on than a Future (one lock, no
+class Waiter:
+    """An Outcome to wait on: where the writer puts one caller's outcome; cheaper than a Future (one lock, no
     condition variable to re-acquire on waking)."""
 
     __slots__ = ("_done", "_error", "_value")
@@ -282,7 +311,7 @@ class _Slot:
 @dataclass(frozen=True)
 class _Item:
     prepare: Prepare
-    future: _Slot
+    outcome: "Outcome"
     under_lock: bool
     prepared: tuple[list[Entry], Any] | None = None
     epoch: int | None = None
@@ -306,7 +335,7 @@ def _prepare(batch: list[_Item], conn: Connection, memo: dict, refused: list, *,
             except SQLAlchemyError:
                 raise
             except Exception as exc:  # noqa: BLE001 - handed to that caller, not swallowed
-                refused.append((item.future, exc))
+                refused.append((item.outcome, exc))
     return prepared
 
 
@@ -334,8 +363,8 @@ def _gather(batch: list[_Item], prepared: dict, refused: list, ledger: Ledger) -
         try:
             ledger.serialize(mine)  # now, before the head is locked
         except (ValueError, TypeError, UnicodeError) as exc:  # that caller's data, not the batch
-            refused.append((batch[index].future, exc))
+            refused.append((batch[index].outcome, exc))
             continue
-        results.append((batch[index].future, len(entries), len(entries) + len(mine), result))
+        results.append((batch[index].outcome, len(entries), len(entries) + len(mine), result))
         entries.extend(mine)
     return entries, results

@@ -2,9 +2,10 @@
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from audit.db import READ_ONLY
-from audit.group_commit import GroupCommitter
+from audit.group_commit import GroupCommitter, Waiter
 from audit.ledger import Entry
 from audit.metrics import DECISIONS, UNAUDITED
 from audit.pii import scrub_value
@@ -16,6 +17,14 @@ from authz.policy_store import PolicyStore, Snapshot
 from authz.requests import AuthorizeRequest
 
 log = logging.getLogger(__name__)
+
+
+class ReviewHook(Protocol):
+    """Opens review items for decisions as they are recorded (detectors.review.ReviewQueue)."""
+
+    def flags(self, records: list[dict]) -> bool: ...
+
+    def open_for_records(self, records: list[dict]) -> list[dict | None]: ...
 
 
 class AuditUnavailable(Exception):
@@ -33,14 +42,14 @@ class DecisionService:
     """
 
     def __init__(self, committer: GroupCommitter, policies: PolicyStore, vault: Vault,
-                 subjects: SubjectCache, review: Callable[[list[dict]], list[dict | None]] | None = None):
+                 subjects: SubjectCache, review: "ReviewHook | None" = None):
         self.committer = committer
         self.policies = policies
         self.vault = vault
         self.subjects = subjects
-        # Given the decisions just recorded ({data, seq, time, opted_out}; pseudonyms only), opens review
-        # items at once where a rule
-        # needs no history, and says per decision what its answer's `review` is.
+        # Given the decisions just recorded ({data, seq, time, opted_out}; pseudonyms only), `review`
+        # opens items at once where a rule needs no history (`open_for_records`, which says per decision
+        # what its answer's `review` is), and tells whether it would (`flags`, no database work).
         self.review = review
         self._view: tuple[int, Snapshot] | None = None  # (epoch, the policy as of that epoch)
 
@@ -53,6 +62,29 @@ class DecisionService:
         Raises AuditUnavailable when the records cannot be committed: then nothing
         was decided as far as any caller knows.
         """
+        waiter = Waiter()
+        self._record(requests, service, request_id, stop, waiter)
+        try:
+            appended, result = waiter.result(self.committer.timeout)
+        except Exception as exc:
+            raise self._unaudited(len(requests), exc) from exc
+        return self._answers(appended, result, self._reviews)
+
+    def authorize_later(self, request: AuthorizeRequest, *, service: str, request_id: str,
+                        then: Callable[[dict | None], None], offload: Callable[[Callable[[], None]], object]) -> None:
+        """Decide one request and queue its record without waiting for the commit.
+
+        Once the record is committed, `then(answer)` is called in the ledger writer
+        thread; `then(None)` if it could not be (deny with 503). When the decision
+        opens a review item, which takes a database write, `then` is called from
+        `offload(fn)` (a thread pool's submit) instead, so the writer never waits on it.
+        Raises AuditUnavailable, before queuing anything, when the decision cannot be made.
+        """
+        self._record([request], service, request_id, None, _Later(self, then, offload))
+
+    def _record(self, requests: list[AuthorizeRequest], service: str, request_id: str,
+                stop: Callable[[Decision], bool] | None, outcome) -> None:
+        """Decide in this thread and queue the records; the writer tells `outcome` how the commit went."""
         names = {item.request.subject for item in requests}
 
         def decide(snapshot: Snapshot, subjects: dict):
@@ -88,32 +120,46 @@ class DecisionService:
         try:
             with self.committer.expecting() as ticket:  # a lingering writer waits for these records
                 entries, result, epoch = decide_fresh(fresh=False)
-                appended, (snapshot, decided, entries, opted_out) = self.committer.submit(
-                    decide_again, prepared=(entries, result), epoch=epoch, refresh=decide_fresh, ticket=ticket)
-        except Exception as exc:  # CommitFailed, a lost key, anything: no record, so no decision
-            log.error("decision not recorded, denying %d request(s): %s: %s", len(requests),
-                      type(exc).__name__, exc)
-            UNAUDITED.inc(len(requests))
-            raise AuditUnavailable(str(exc)) from exc
+                self.committer.submit_later(decide_again, outcome, prepared=(entries, result), epoch=epoch,
+                                            refresh=decide_fresh, ticket=ticket)
+        except Exception as exc:  # a lost key, a closed writer, anything: no record, so no decision
+            raise self._unaudited(len(requests), exc) from exc
+
+    @staticmethod
+    def _unaudited(count: int, exc: BaseException) -> AuditUnavailable:
+        """Log and count decisions that were not recorded; the error to answer them with."""
+        log.error("decision not recorded, denying %d request(s): %s: %s", count, type(exc).__name__, exc)
+        UNAUDITED.inc(count)
+        return AuditUnavailable(str(exc))
+
+    def _answers(self, appended: list, result: tuple, reviews: Callable) -> list[dict]:
+        """The answers of committed decisions (counted in the metrics)."""
+        snapshot, decided, entries, opted_out = result
         for _, decision, _ in decided:
             DECISIONS.labels(allowed=str(decision.allowed).lower()).inc()
-        reviews = self._reviews(entries, appended, opted_out)
         return [{"allowed": decision.allowed, "decision_id": decision_id, "audit_seq": record.seq,
                  "policy_version": snapshot.version, "reason": decision.reason,
                  "matched": decision.matched, "review": review}
-                for (item, decision, decision_id), record, review in zip(decided, appended, reviews)]
+                for (item, decision, decision_id), record, review
+                in zip(decided, appended, reviews(appended, result))]
 
-    def _reviews(self, entries: list[Entry], appended: list, opted_out: list[bool]) -> list[dict | None]:
+    @staticmethod
+    def _review_records(appended: list, result: tuple) -> list[dict]:
+        """What the review hook is given: the decisions just recorded, pseudonyms only."""
+        _, _, entries, opted_out = result
+        return [{"data": entry.data, "seq": record.seq, "time": record.time, "opted_out": out}
+                for entry, record, out in zip(entries, appended, opted_out)]
+
+    def _reviews(self, appended: list, result: tuple) -> list[dict | None]:
         """The `review` of each answer (people who opted out of profiling are not reviewed). The
         decisions are recorded already, so a failure here only logs: the next scoring run opens them."""
         if self.review is None:
-            return [None] * len(entries)
+            return [None] * len(appended)
         try:
-            return self.review([{"data": entry.data, "seq": record.seq, "time": record.time, "opted_out": out}
-                                for entry, record, out in zip(entries, appended, opted_out)])
+            return self.review.open_for_records(self._review_records(appended, result))
         except Exception:
             log.exception("opening review items at decision time failed; the next scoring run will")
-            return [None] * len(entries)
+            return [None] * len(appended)
 
     def _policy_view(self, fresh: bool = False) -> tuple[int, Snapshot]:
         """The cached (epoch, policy); read from the database the first time, or when `fresh`."""
@@ -123,6 +169,43 @@ class DecisionService:
                 epoch = self.committer.ledger.epoch(conn)  # first: the policy read next is at least this fresh
                 view = self._view = (epoch, self.policies.snapshot(conn))
         return view
+
+
+def _no_reviews(appended: list, result: tuple) -> list[None]:
+    return [None] * len(appended)
+
+
+class _Later:
+    """The writer's outcome for one `authorize_later`: makes the answer and hands it to `then`."""
+
+    __slots__ = ("service", "then", "offload")
+
+    def __init__(self, service: DecisionService, then: Callable[[dict | None], None],
+                 offload: Callable[[Callable[[], None]], object]):
+        self.service, self.then, self.offload = service, then, offload
+
+    def set_result(self, value) -> None:
+        appended, result = value
+        review = self.service.review
+        try:
+            if review is not None and review.flags(self.service._review_records(appended, result)):
+                self.offload(lambda: self._answer(appended, result, self.service._reviews))
+                return
+        except Exception:  # noqa: BLE001 - answered here then, its review left to the next scoring run
+            log.exception("review hook or offload failed for decision %s", appended[0].seq)
+        self._answer(appended, result, _no_reviews)
+
+    def set_exception(self, error: BaseException) -> None:
+        self.service._unaudited(1, error)
+        self.then(None)
+
+    def _answer(self, appended: list, result: tuple, reviews: Callable) -> None:
+        try:
+            answer = self.service._answers(appended, result, reviews)[0]
+        except Exception:  # recorded, but no answer can be made of it: deny, as for no record
+            log.exception("decision %s recorded but not answered; denying", appended[0].seq)
+            answer = None
+        self.then(answer)
 
 
 def _entry(item: AuthorizeRequest, decision: Decision, decision_id: str, service: str,

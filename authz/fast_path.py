@@ -7,6 +7,10 @@ with the same services, checks and response bytes as the Flask view. Anything
 else — another path or method, no or a wrong token, a body that is not a JSON
 object, a field the parser refuses, a body without a length or over the limit —
 is handed to Flask untouched, so every error keeps its one implementation.
+
+Under `warden serve`, authz/worker.py calls `answer_later` instead: the same
+checks, but the answer is written by the ledger writer once the record is
+committed, and no thread waits for it.
 """
 
 import io
@@ -40,8 +44,40 @@ class AuthorizeFastPath:
                 return [body]
         return self.wsgi_app(environ, start_response)
 
+    def answer_later(self, environ: dict, then: Callable[[str, bytes], None],
+                     offload: Callable[[Callable[[], None]], object]) -> bool:
+        """Take the request as `__call__` would, but answer without waiting for the commit: queue the
+        record and return True; `then(status line, body)` is called once it is committed (in the
+        ledger writer thread, or through `offload`; see DecisionService.authorize_later). False: not
+        taken, and nothing was answered (Flask must answer, on this `environ`)."""
+        admitted = self._admit(environ)
+        if admitted is None:
+            return False
+        caller, item = admitted
+        try:
+            self.app.extensions["warden"].decisions.authorize_later(
+                item, service=caller.name, request_id=request_id(environ.get("HTTP_X_REQUEST_ID", "")),
+                then=lambda answer: then(*self._response(answer)), offload=offload)
+        except AuditUnavailable:
+            then(*self._response(None))
+        return True
+
     def _answer(self, environ: dict) -> tuple[str, bytes] | None:
         """(status line, body) of the decision, or None to let Flask answer."""
+        admitted = self._admit(environ)
+        if admitted is None:
+            return None
+        caller, item = admitted
+        try:
+            answer = self.app.extensions["warden"].decisions.authorize(
+                [item], service=caller.name, request_id=request_id(environ.get("HTTP_X_REQUEST_ID", "")))[0]
+        except AuditUnavailable:
+            answer = None
+        return self._response(answer)
+
+    def _admit(self, environ: dict) -> tuple | None:
+        """(caller, parsed request) when this path answers the request; None to let Flask answer. Reads
+        the body, and leaves it in `environ` for Flask."""
         length = environ.get("CONTENT_LENGTH", "")
         if (self.app.debug or self.app.json.compact is False  # Flask would indent its JSON
                 or environ.get("QUERY_STRING")  # authorize takes none: Flask's gate judges the URL
@@ -56,13 +92,13 @@ class AuthorizeFastPath:
             caller = warden.authenticate(bearer_token(environ.get("HTTP_AUTHORIZATION", "")))
             if caller is None or "authorize" not in caller.scopes:
                 return None
-            item = parse_authorize(decode_json_object(raw))
+            return caller, parse_authorize(decode_json_object(raw))
         except Exception:  # noqa: BLE001 - Flask answers (and logs) anything unexpected, once
             return None
-        try:
-            answer = warden.decisions.authorize([item], service=caller.name,
-                                                request_id=request_id(environ.get("HTTP_X_REQUEST_ID", "")))[0]
-        except AuditUnavailable:
+
+    def _response(self, answer: dict | None) -> tuple[str, bytes]:
+        """The status line and body of an answer; None: the record was not committed."""
+        if answer is None:
             return "503 SERVICE UNAVAILABLE", self._json({
                 "allowed": False, "error": {"code": "audit_unavailable", "message": UNAUDITED_MESSAGE}})
         return "200 OK", self._json(answer)

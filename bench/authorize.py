@@ -4,7 +4,8 @@
     python bench/authorize.py --database-url postgresql+psycopg://postgres@127.0.0.1/warden_bench
 
 Starts `warden serve` on that database and a bare Flask app (bench/bare_app.py:
-parse the JSON, answer, write nothing) with the same workers, threads and logging, loads
+parse the JSON, answer, write nothing) on gunicorn's gthread worker, with the same
+workers, threads and logging (Warden's worker is gthread's, see authz/worker.py), loads
 each with wrk (Debian's `wrk`) for the same time and connections, and prints
 both request rates and their ratio, with what each request cost: CPU in the
 workers and in Postgres, and the workers' context switches (read from /proc;
@@ -118,8 +119,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="bare/authorize pairs; the median ratio counts")
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--port", type=int, default=8931)
-    parser.add_argument("--prototype", choices=["async_response"],
-                        help="serve authorize with an experiment of bench/prototypes/ loaded (not Warden as shipped)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="warden-bench-"))
@@ -144,8 +143,7 @@ def main() -> None:
         "authorize": [sys.executable, "-c", "import app; app.main()", "serve", *settings, "--port", str(args.port)],
     }
     print(f"settings: {args.workers} workers x {args.threads} threads, {args.connections} connections, "
-          f"{args.seconds}s per run, Postgres synchronous_commit on"
-          + (f"; authorize with bench/prototypes/{args.prototype} (not Warden as shipped)" if args.prototype else ""))
+          f"{args.seconds}s per run, Postgres synchronous_commit on")
     rounds = []
     for number in range(1, args.rounds + 1):
         rates = {name: measure(name, command, env, token, args) for name, command in servers.items()}
@@ -171,10 +169,7 @@ def ratio(rates: dict) -> float:
 
 def measure(name: str, command: list[str], env: dict, token: str, args) -> dict:
     """Start one server, warm it up, load it with wrk, stop it; return its rate."""
-    path = str(HERE.parent)
-    if name == "authorize" and args.prototype:  # loaded as sitecustomize by the authorize server only
-        path = os.pathsep.join((str(HERE / "prototypes" / args.prototype), path))
-    server = serve(command, {**env, "PYTHONPATH": path})
+    server = serve(command, env)
     try:
         wait_until_up(f"http://127.0.0.1:{args.port}/healthz" if name == "authorize"
                       else f"http://127.0.0.1:{args.port}/")

@@ -80,13 +80,15 @@ class ReviewQueue:
                 opened.append(item_id)
         return opened
 
+    def flags(self, records: list[dict]) -> bool:
+        """Whether `open_for_records` would open anything for these records (no database work)."""
+        return any(not r["opted_out"] and immediate_finding(_event(r)) for r in records)
+
     def open_for_records(self, records: list[dict]) -> list[dict | None]:
         """`open_at_once` for decision records as the decision service has them ({data, seq, time, opted_out});
         people who opted out of profiling are left out, as they are from scoring."""
         reviewed = [r for r in records if not r["opted_out"]]
-        answers = iter(self.open_at_once([DecisionEvent(r["seq"], r["time"], d["subject"], d["domain"], d["object"],
-                                                        d["action"], d["workflow"], d["allowed"])
-                                          for r in reviewed for d in (r["data"],)]))
+        answers = iter(self.open_at_once([_event(r) for r in reviewed]))
         return [None if r["opted_out"] else next(answers) for r in records]
 
     def open_at_once(self, events: list[DecisionEvent]) -> list[dict | None]:
@@ -186,3 +188,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError("cursor is not one this server issued") from exc
 
+
+
+def _event(record: dict) -> DecisionEvent:
+    """A decision record as the decision service has it ({data, seq, time, ...}), as the detectors see it."""
+    data = record["data"]
+    return DecisionEvent(record["seq"], record["time"], data["subject"], data["domain"], data["object"],
+                         data["action"], data["workflow"], data["allowed"])

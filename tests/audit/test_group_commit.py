@@ -6,7 +6,7 @@ import time
 import pytest
 
 from audit.db import make_engine
-from audit.group_commit import GroupCommitter
+from audit.group_commit import CommitFailed, GroupCommitter
 from audit.ledger import Entry, Ledger
 
 LINGER = 5.0  # long enough that waiting it out would show
@@ -61,3 +61,41 @@ def test_a_caller_that_fails_before_submitting_does_not_hold_the_batch(committer
             raise RuntimeError("deciding failed")
     first.join(LINGER)
     assert seqs == [2] and time.monotonic() - started < LINGER / 2
+
+
+class Told:
+    """An outcome that records what the writer told it, and in which thread."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.told: list = []
+        self.done = threading.Event()
+
+    def set_result(self, value):
+        self.told.append(("result", value[0][0].seq, threading.current_thread().name))
+        self.done.set()
+        if self.fail:
+            raise RuntimeError("this caller's handler is broken")
+
+    def set_exception(self, error):
+        self.told.append(("error", error, threading.current_thread().name))
+        self.done.set()
+
+
+def test_submit_later_tells_each_caller_once_from_the_writer_even_past_a_broken_handler(committer):
+    broken, fine = Told(fail=True), Told()
+    batches = committer.batches
+    with committer.expecting() as first, committer.expecting() as second:  # so they share one batch
+        committer.submit_later(lambda conn, memo: ([Entry("test", {"n": 1})], None), broken, ticket=first)
+        committer.submit_later(lambda conn, memo: ([Entry("test", {"n": 2})], None), fine, ticket=second)
+    assert broken.done.wait(10) and fine.done.wait(10)
+    assert broken.told == [("result", 2, "warden-ledger-writer")]
+    assert fine.told == [("result", 3, "warden-ledger-writer")]
+    assert committer.batches == batches + 1
+    assert submit(committer, "after") == 4  # the writer carried on
+
+
+def test_submit_later_on_a_closed_writer_refuses_at_once(committer):
+    committer.close()
+    with pytest.raises(CommitFailed):
+        committer.submit_later(lambda conn, memo: ([Entry("test", {})], None), Told())

@@ -70,13 +70,13 @@ def test_an_erasure_between_deciding_and_appending_is_honoured(client, auth, war
     client.post("/v1/authorize", json=ALLOWED, headers=auth)  # alice's key is now cached
     with warden.engine.connect() as conn:
         erased_pseudonym = warden.vault.find(conn, "alice").pseudonym
-    submit = warden.committer.submit
+    submit_later = warden.committer.submit_later
 
     def erase_then_submit(*args, **kwargs):
         if kwargs.get("prepared") is not None:
             other.privacy.submit("alice", "erasure", actor="test")
-        return submit(*args, **kwargs)
-    monkeypatch.setattr(warden.committer, "submit", erase_then_submit)
+        return submit_later(*args, **kwargs)
+    monkeypatch.setattr(warden.committer, "submit_later", erase_then_submit)
     answer = client.post("/v1/authorize", json=ALLOWED, headers=auth).get_json()
     monkeypatch.undo()
     record = _record(warden, answer["audit_seq"])

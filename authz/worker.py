@@ -1,0 +1,176 @@
+"""The gunicorn worker `warden serve` runs: gthread's, except that `/v1/authorize` holds no thread while
+its record commits.
+
+On gthread a request keeps its pool thread until the answer is written. For
+`/v1/authorize` that is a thread asleep on the ledger commit, and when a batch
+lands, dozens of threads wake at once and queue for the GIL (the ledger writer
+among them). Here the pool thread decides and queues the record, and is free.
+Once the batch is committed, the ledger writer writes each answer itself: a few
+hundred bytes that a healthy socket takes at once (`MSG_DONTWAIT`). A socket
+that does not, a TLS socket, or a decision that opens a review item is finished
+on a pool thread instead. Then the connection goes back to gunicorn's poller, so
+a client's next request is read only once this answer is out (answers stay in
+order). Every other request, and any `/v1/authorize` that the fast path leaves
+to Flask, is served as gthread serves it.
+
+This overrides three methods of gthread's ThreadWorker (`handle_request`,
+`_keepalive_after`, `enqueue_req`) and calls its `finish_request`, so setup.cfg
+pins gunicorn's minor version; tests/test_worker.py drives it through a real
+`warden serve`.
+"""
+
+import gc
+import socket
+import ssl
+from collections.abc import Callable
+from concurrent.futures import Future
+from datetime import datetime
+from functools import cached_property, partial
+
+from gunicorn.http import wsgi
+from gunicorn.workers import gthread
+
+_PATH = "/v1/authorize"
+_LATER = object()  # handle_request's result when the ledger writer will answer
+
+
+class WardenWorker(gthread.ThreadWorker):
+    """gthread, with `/v1/authorize` answered by the ledger writer once the record is committed."""
+
+    def run(self):
+        # The app is loaded: what exists now lives as long as the worker. Frozen, the cyclic garbage
+        # collector stops walking it on every full collection (about 8% of the CPU under load, else).
+        gc.collect()
+        gc.freeze()
+        super().run()
+
+    @cached_property
+    def _fast_path(self):
+        """The app's AuthorizeFastPath (create_app installs it), or None."""
+        return getattr(self.wsgi, "extensions", {}).get("authorize_fast_path")
+
+    def handle_request(self, req, conn):
+        if req.method != "POST" or req.path != _PATH or self._fast_path is None:
+            return super().handle_request(req, conn)
+        self.cfg.pre_request(self, req)
+        started = datetime.now()
+        resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
+        environ["wsgi.multithread"] = True
+        self._count(resp)
+        if self._fast_path.answer_later(environ, partial(self._answer, conn, req, resp, environ, started),
+                                        self._offload):
+            return _LATER
+        try:
+            return self._answer_through_flask(req, resp, environ, started)
+        finally:
+            self._post_request(req, environ, resp)
+
+    def _keepalive_after(self, conn, keepalive):
+        # The fast path has read the whole body: there is nothing to drain.
+        return keepalive if keepalive is _LATER else super()._keepalive_after(conn, keepalive)
+
+    def enqueue_req(self, conn):
+        # As gthread's, except that a request the ledger writer will answer does not wake the poller
+        # thread now: the connection is the answer's until it is written (see _give_back).
+        done = self.tpool.submit(self.handle, conn)
+        done.add_done_callback(partial(self._handled, conn))
+
+    def _handled(self, conn, done: Future) -> None:
+        if done.cancelled() or done.exception() is not None or done.result() is not _LATER:
+            self.method_queue.defer(self.finish_request, conn, done)
+
+    def _count(self, resp) -> None:
+        """gthread's per-request bookkeeping: max_requests, and when the connection must close."""
+        self.nr += 1
+        if self.nr >= self.max_requests:
+            if self.alive:
+                self.log.info("Autorestarting worker after current request.")
+                self.alive = False
+            resp.force_close()
+        if not self.alive or not self.cfg.keepalive or len(self.keepalived_conns) >= self.max_keepalived:
+            resp.force_close()
+
+    def _answer_through_flask(self, req, resp, environ: dict, started: datetime) -> bool:
+        """Let the app answer (errors, odd requests); return whether the connection stays open."""
+        body = self.wsgi(environ, resp.start_response)
+        try:
+            for chunk in body:
+                resp.write(chunk)
+            resp.close()
+        finally:
+            self.log.access(resp, req, environ, datetime.now() - started)
+            if hasattr(body, "close"):
+                body.close()
+        return not resp.should_close()
+
+    def _answer(self, conn, req, resp, environ: dict, started: datetime, status: str, body: bytes) -> None:
+        """Write the answer, where possible without blocking, then give the connection back.
+
+        Runs in the ledger writer (or a pool thread): it must not raise, nor wait on the client."""
+        try:
+            resp.start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            head = "".join(resp.default_headers() + [f"{name}: {value}\r\n" for name, value in resp.headers])
+            data = (head + "\r\n").encode("latin-1") + body
+            sent = 0
+            if not isinstance(conn.sock, ssl.SSLSocket):  # TLS sockets take no flags
+                try:
+                    sent = conn.sock.send(data, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    pass
+            if sent < len(data):
+                self.tpool.submit(self._send_rest, conn, req, resp, environ, started, len(body), data[sent:])
+                return
+        except Exception:  # noqa: BLE001 - the client is gone or the answer unsendable: drop the connection
+            self.log.debug("answer not written", exc_info=True)
+            self._give_back(conn, keep_alive=False)
+            return
+        self._written(conn, req, resp, environ, started, len(body))
+
+    def _send_rest(self, conn, req, resp, environ: dict, started: datetime, body_length: int, rest: bytes) -> None:
+        try:
+            conn.sock.sendall(rest)  # the socket is in blocking mode while it is off the poller
+        except Exception:  # noqa: BLE001 - as in _answer
+            self.log.debug("answer not written", exc_info=True)
+            self._give_back(conn, keep_alive=False)
+            return
+        self._written(conn, req, resp, environ, started, body_length)
+
+    def _written(self, conn, req, resp, environ: dict, started: datetime, body_length: int) -> None:
+        resp.headers_sent, resp.sent = True, body_length
+        try:
+            self.log.access(resp, req, environ, datetime.now() - started)
+        except Exception:  # noqa: BLE001 - a log line must not cost the client its connection
+            self.log.exception("access log failed")
+        self._post_request(req, environ, resp)
+        self._give_back(conn, keep_alive=not resp.should_close())
+
+    def _give_back(self, conn, keep_alive: bool) -> None:
+        """Hand the connection to the poller thread: back on the poller (keep-alive) or closed."""
+        self.method_queue.defer(self.finish_request, conn, _Finished(keep_alive))
+
+    def _offload(self, work: Callable[[], None]) -> None:
+        self.tpool.submit(work)
+
+    def _post_request(self, req, environ: dict, resp) -> None:
+        try:
+            self.cfg.post_request(self, req, environ, resp)
+        except Exception:  # noqa: BLE001 - as gunicorn treats the hook
+            self.log.exception("Exception in post_request hook")
+
+
+class _Finished:
+    """What finish_request reads of a finished request (a Future's three methods, without its lock)."""
+
+    __slots__ = ("keep_alive",)
+
+    def __init__(self, keep_alive: bool):
+        self.keep_alive = keep_alive
+
+    def cancelled(self) -> bool:
+        return False
+
+    def exception(self) -> None:
+        return None
+
+    def result(self) -> bool:
+        return self.keep_alive

@@ -1,0 +1,75 @@
+"""DecisionService.authorize_later: the answer comes from the ledger writer once the record is committed."""
+
+import threading
+
+from audit.ledger import Entry
+from authz.requests import parse_authorize
+from tests.authz.test_api import break_ledger, mend_ledger
+from tests.conftest import ledger_rows
+
+POLICY = "p, role:engineer, prod, db/*, read, maintenance, allow\ng, alice, role:engineer, *\n"
+ALLOWED = {"subject": "alice", "domain": "prod", "object": "db/customers", "action": "read",
+           "context": {"workflow": "maintenance"}}
+
+
+def later(warden, body: dict, offload=None) -> tuple[dict | None, str, list]:
+    """(answer, the thread `then` ran in, what was offloaded)."""
+    done, out, offloaded = threading.Event(), [], []
+
+    def then(answer):
+        out.append((answer, threading.current_thread().name))
+        done.set()
+
+    def run_elsewhere(work):
+        offloaded.append(work)
+        threading.Thread(target=work, name="pool").start()
+
+    warden.decisions.authorize_later(parse_authorize(body), service="svc", request_id="r1", then=then,
+                                     offload=offload or run_elsewhere)
+    assert done.wait(10)
+    return (*out[0], offloaded)
+
+
+def test_the_writer_answers_once_the_record_is_committed(warden, load_policy):
+    load_policy(POLICY)
+    answer, thread, offloaded = later(warden, ALLOWED)
+    assert thread == "warden-ledger-writer" and offloaded == []
+    assert answer["allowed"] is True and answer["review"] is None
+    row = next(r for r in ledger_rows(warden.engine) if r.seq == answer["audit_seq"])
+    assert row.kind == "decision" and answer["decision_id"] in row.body
+
+
+def test_a_decision_that_opens_a_review_item_is_answered_off_the_writer(warden, load_policy):
+    load_policy(POLICY)
+    answer, thread, offloaded = later(warden, {**ALLOWED, "context": {"workflow": "break-glass"}})
+    assert thread == "pool" and len(offloaded) == 1
+    assert answer["review"]["detector"] == "break_glass"
+
+
+def test_no_durable_record_answers_none(warden, load_policy):
+    load_policy(POLICY)
+    before = ledger_rows(warden.engine)
+    break_ledger(warden.engine)
+    try:
+        answer, _, _ = later(warden, ALLOWED)
+    finally:
+        mend_ledger(warden.engine)
+    assert answer is None
+    assert ledger_rows(warden.engine) == before
+
+
+def test_a_failing_offload_still_answers(warden, load_policy):
+    load_policy(POLICY)
+
+    def broken(work):
+        raise RuntimeError("the pool is shut down")
+    answer, thread, _ = later(warden, {**ALLOWED, "context": {"workflow": "break-glass"}}, offload=broken)
+    assert thread == "warden-ledger-writer"
+    assert answer["decision_id"] and answer["review"] is None  # the next scoring run opens it
+
+
+def test_the_writer_carries_on_after_answers(warden, load_policy):
+    load_policy(POLICY)
+    first, _, _ = later(warden, ALLOWED)
+    appended, _ = warden.committer.submit(lambda conn, memo: ([Entry("test", {})], None))
+    assert appended[0].seq == first["audit_seq"] + 1

@@ -1,0 +1,245 @@
+"""`warden serve`'s worker for real: `/v1/authorize` answered by the ledger writer once the record is
+committed, on kept-alive and pipelined connections, in order, failing closed, over TLS too."""
+
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from tests.authz.test_api import break_ledger, mend_ledger
+from tests.conftest import free_port, ledger_rows, wait_for_port
+from tests.test_serve import client_context, self_signed
+
+POLICY = "p, role:engineer, prod, db/*, read, maintenance, allow\ng, alice, role:engineer, *\n"
+ALLOWED = {"subject": "alice", "domain": "prod", "object": "db/customers", "action": "read",
+           "context": {"workflow": "maintenance"}}
+
+
+def start(warden, tmp_path, database_url, *extra, threads: int = 4):
+    port = free_port()
+    env = {**os.environ, "WARDEN_DATABASE_URL": database_url, "WARDEN_KEY_DIR": str(tmp_path / "keys"),
+           "WARDEN_LOG_DIR": str(tmp_path / "logs"), "WARDEN_DETECT_SECONDS": "0",
+           "WARDEN_PURGE_INTERVAL_HOURS": "0"}
+    server = subprocess.Popen([sys.executable, "-c", "import app; app.main()", "serve", "--port", str(port),
+                               "--workers", "1", "--threads", str(threads), *extra],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port)
+    return server, port
+
+
+def stop(server):
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture
+def served(warden, load_policy, make_token, database_url, tmp_path):
+    """A `warden serve` on the test database: (port, token)."""
+    load_policy(POLICY)
+    token = make_token("authorize")
+    server, port = start(warden, tmp_path, database_url)
+    yield port, token
+    stop(server)
+
+
+def request_bytes(token: str | None, body: bytes, *headers: str) -> bytes:
+    lines = ["POST /v1/authorize HTTP/1.1", "Host: warden", "Content-Type: application/json",
+             f"Content-Length: {len(body)}", *headers]
+    if token:
+        lines.append(f"Authorization: Bearer {token}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def read_answers(sock: socket.socket, count: int) -> list[tuple[int, dict, dict]]:
+    """(status, headers, JSON body) of `count` answers read off `sock`, in the order they came."""
+    reader = sock.makefile("rb")
+    answers = []
+    for _ in range(count):
+        status = int(reader.readline().split()[1])
+        headers = {}
+        while (line := reader.readline().strip()):
+            name, _, value = line.decode().partition(":")
+            headers[name.lower()] = value.strip()
+        answers.append((status, headers, json.loads(reader.read(int(headers["content-length"])))))
+    return answers
+
+
+def test_kept_alive_requests_are_each_answered_after_their_record(served, warden, verify, tmp_path):
+    port, token = served
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    seqs = []
+    for _ in range(5):
+        conn.request("POST", "/v1/authorize", json.dumps(ALLOWED),
+                     {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+        assert response.status == 200 and response.getheader("Connection") == "keep-alive"
+        assert answer["allowed"] is True
+        seqs.append(answer["audit_seq"])
+    conn.close()
+    assert seqs == sorted(set(seqs))
+    recorded = {row.seq: row.kind for row in ledger_rows(warden.engine)}
+    assert all(recorded[seq] == "decision" for seq in seqs)  # each answer names its own record
+    assert verify().ok
+    line = f'"POST /v1/authorize HTTP/1.1" 200 {len(json.dumps(answer, separators=(",", ":"))) + 1}'
+    deadline = time.monotonic() + 10  # access lines are written within a second
+    logged = ""
+    while logged.count(line) < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        logged = "".join(path.read_text() for path in (tmp_path / "logs").glob("warden-*.log"))
+    assert logged.count(line) == 5
+
+
+def test_pipelined_requests_are_answered_in_order_and_errors_by_flask(served):
+    port, token = served
+    good = json.dumps(ALLOWED).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request_bytes(token, good) + request_bytes(token, b"{not json")
+                     + request_bytes(None, good) + request_bytes(token, good)
+                     + request_bytes(token, good, "Connection: close"))
+        answers = read_answers(sock, 5)
+        assert sock.recv(1) == b""  # closed after the answer to `Connection: close`
+    assert [status for status, _, _ in answers] == [200, 400, 401, 200, 200]
+    assert answers[1][2]["error"]["code"] == "bad_json"
+    assert answers[2][2]["error"]["code"] == "unauthorized"
+    assert answers[0][2]["audit_seq"] < answers[3][2]["audit_seq"] < answers[4][2]["audit_seq"]
+    assert answers[4][1]["connection"] == "close"
+
+
+def test_concurrent_clients_each_get_their_own_record(served, warden, verify):
+    port, token = served
+    seqs, failures = [], []
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for _ in range(25):
+            conn.request("POST", "/v1/authorize", json.dumps(ALLOWED),
+                         {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+            response = conn.getresponse()
+            body = json.loads(response.read())
+            if response.status != 200:
+                failures.append(body)
+            seqs.append(body.get("audit_seq"))
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(set(seqs)) == 200
+    assert verify().ok
+
+
+def test_no_durable_record_means_503_then_service_resumes(served, warden):
+    port, token = served
+    before = ledger_rows(warden.engine)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    break_ledger(warden.engine)
+    try:
+        conn.request("POST", "/v1/authorize", json.dumps(ALLOWED), headers)
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+    finally:
+        mend_ledger(warden.engine)
+    assert response.status == 503
+    assert answer["allowed"] is False and answer["error"]["code"] == "audit_unavailable"
+    assert ledger_rows(warden.engine) == before
+    conn.request("POST", "/v1/authorize", json.dumps(ALLOWED), headers)  # same connection, kept alive
+    response = conn.getresponse()
+    assert response.status == 200 and json.loads(response.read())["allowed"] is True
+    conn.close()
+
+
+def test_a_decision_that_opens_a_review_item_names_it(served, warden):
+    port, token = served
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", "/v1/authorize", json.dumps({**ALLOWED, "context": {"workflow": "break-glass"}}),
+                 {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    answer = json.loads(conn.getresponse().read())
+    conn.close()
+    assert answer["review"]["detector"] == "break_glass"
+    items, _ = warden.review.list()
+    assert [item["id"] for item in items] == [answer["review"]["id"]]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # TLS is the same on every database
+def test_answers_go_out_over_tls_too(warden, load_policy, make_token, database_url, tmp_path):
+    load_policy(POLICY)
+    token = make_token("authorize")
+    cert, key = self_signed(tmp_path)
+    server, port = start(warden, tmp_path, database_url, "--tls-cert", cert, "--tls-key", key)
+    try:
+        conn = http.client.HTTPSConnection("localhost", port, timeout=10,
+                                           context=client_context(cert, ssl.TLSVersion.TLSv1_3))
+        for _ in range(3):
+            conn.request("POST", "/v1/authorize", json.dumps(ALLOWED),
+                         {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+            response = conn.getresponse()
+            assert response.status == 200 and json.loads(response.read())["allowed"] is True
+        conn.close()
+    finally:
+        stop(server)
+
+
+# It needs a commit that takes a while: a Postgres trigger that sleeps.
+@pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_no_pool_thread_waits_for_a_commit(warden, load_policy, make_token, database_url, tmp_path):
+    """With one pool thread, gthread could only ever commit one decision at a time: the thread
+    sleeps until its commit is done. Here the thread decides the next requests while the writer
+    commits, so they share the next batch."""
+    load_policy(POLICY)
+    token = make_token("authorize")
+    engine = warden.engine
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+                             "$$ BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$")
+        conn.exec_driver_sql("CREATE TRIGGER slow AFTER INSERT ON ledger_records "
+                             "FOR EACH STATEMENT EXECUTE FUNCTION slow()")
+    try:
+        server, port = start(warden, tmp_path, database_url, threads=1)
+        try:
+            _concurrently(port, token, clients=6)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                metrics = response.read().decode()
+        finally:
+            stop(server)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER slow ON ledger_records")
+            conn.exec_driver_sql("DROP FUNCTION slow()")
+    batches = re.search(r"^warden_ledger_batch_records_count (\S+)$", metrics, re.M)
+    records = re.search(r"^warden_ledger_batch_records_sum (\S+)$", metrics, re.M)
+    assert float(records.group(1)) == 6
+    assert float(batches.group(1)) < 6  # six decisions, fewer commits
+
+
+def _concurrently(port: int, token: str, clients: int) -> None:
+    """`clients` authorize requests at once, each on its own connection; each must be allowed."""
+    statuses = []
+
+    def one():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/authorize", json.dumps(ALLOWED),
+                     {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        statuses.append(response.status)
+        conn.close()
+    threads = [threading.Thread(target=one) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * clients
