@@ -272,6 +272,7 @@ def _serve_options(f):
 @with_appcontext
 def serve_command(host, port, workers, threads, tls_cert, tls_key) -> None:
     """Serve the HTTP API and pages with gunicorn."""
+    check_tls_options(tls_cert, tls_key)
     preflight(current_app.extensions["warden"])
     run_server(host, port, workers, threads, tls_cert, tls_key)
 
@@ -292,8 +293,6 @@ def run_server(host: str, port: int, workers: int, threads: int, tls_cert: str |
     """Run gunicorn in the foreground; each worker builds its own app (and engine)."""
     from gunicorn.app.base import BaseApplication
 
-    if bool(tls_cert) != bool(tls_key):
-        raise click.UsageError("--tls-cert and --tls-key go together")
     options = {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
                "worker_class": "authz.worker.WardenWorker",
                "accesslog": "-", "logconfig_dict": log_config(current_app.config["LOG_DIR"]),
@@ -313,8 +312,8 @@ def run_server(host: str, port: int, workers: int, threads: int, tls_cert: str |
         def load(self):
             return create_app({"BACKGROUND_JOBS": True})
 
-    scheme = "https (TLS 1.3 only)" if tls_cert else "http"
-    click.echo(f"Warden listening on {scheme}://{host}:{port} ({workers} workers x {threads} threads); "
+    scheme, only = ("https", ", TLS 1.3 only") if tls_cert else ("http", "")
+    click.echo(f"Warden listening on {scheme}://{host}:{port} ({workers} workers x {threads} threads{only}); "
                f"access and application logs in {current_app.config['LOG_DIR']}; Ctrl-C stops it.")
     Server().run()
 
@@ -339,6 +338,22 @@ def log_config(log_dir: str) -> dict:
     }
 
 
+def check_tls_options(cert: str | None, key: str | None) -> None:
+    """Refuse to start with only one of the two, or with a certificate and key that do not load as a
+    pair (swapped, wrong key, not PEM): otherwise every handshake would fail, one log line each."""
+    import ssl
+
+    if bool(cert) != bool(key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if not cert:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise click.UsageError(f"--tls-cert {cert} and --tls-key {key} are not a certificate and its "
+                               f"private key in PEM ({exc.reason or exc})") from None
+
+
 def _tls13_context(config, default_ssl_context_factory):
     """Gunicorn hook: the default context, refusing anything older than TLS 1.3."""
     import ssl
@@ -357,6 +372,7 @@ def demo_command(host, port, workers, threads, tls_cert, tls_key, no_serve) -> N
     from authz.demo import demo_instructions, seed_accounts, seed_demo, seed_history
 
     warden = current_app.extensions["warden"]
+    check_tls_options(tls_cert, tls_key)
     upgrade_database(current_app.config["DATABASE_URL"])
     preflight(warden)
     token = seed_demo(warden)
@@ -386,4 +402,27 @@ def main() -> None:
         # Gunicorn workers are processes: their metrics are summed through files in a fresh folder,
         # which must be named before prometheus_client is first imported.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="warden-metrics-")
-    cli(prog_name="warden")
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+    try:
+        cli(prog_name="warden")
+    except (ArgumentError, NoSuchModuleError, DBAPIError) as exc:
+        click.echo(f"Error: {database_problem(exc)}", err=True)
+        sys.exit(1)
+
+
+def database_problem(exc: Exception) -> str:
+    """One line for an operator, instead of a traceback, when the database is missing, unreachable,
+    not migrated, or named by a URL nobody can use."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    url = os.environ.get("WARDEN_DATABASE_URL")
+    where = f"the database at {_safe_url(url)}" if url and "://" in url else "the database"
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    if isinstance(exc, (ArgumentError, NoSuchModuleError)) or isinstance(getattr(exc, "orig", None), ValueError):
+        return (f"WARDEN_DATABASE_URL is not a database URL Warden can use ({detail}); use "
+                "sqlite:///path/to/warden.db or postgresql+psycopg://user@host:5432/dbname")
+    missing = ("no such table", "no such column", "does not exist", "undefined")
+    if any(word in detail.lower() for word in missing) and "database" not in detail.lower():
+        return f"{where} has no Warden schema, or an older one ({detail}): run `warden db upgrade` first"
+    return f"cannot use {where}: {detail}"

@@ -38,8 +38,10 @@ def outcome_problem(body: dict) -> str | None:
     if unknown:
         return f"unknown field {', '.join(unknown)} (expected {', '.join(FIELDS)})"
     decision_id = body.get("decision_id")
-    if not isinstance(decision_id, str) or not 1 <= len(decision_id) <= 36:
+    if decision_id is None:
         return "decision_id is required: the decision_id /v1/authorize returned"
+    if not isinstance(decision_id, str) or not 1 <= len(decision_id) <= 36:
+        return "decision_id must be the decision_id string /v1/authorize returned"
     for name in ("rows", "bytes", "duration_ms"):
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63):

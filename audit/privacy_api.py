@@ -24,6 +24,8 @@ def subject_problem(value) -> str | None:
         return "subject is required: the person's identifier as services send it to /v1/authorize"
     if len(value) > 255 or _CONTROL.search(value) or value != value.strip():
         return "subject must be at most 255 characters, without control characters or outer spaces"
+    if any(mark in value for mark in '*,"'):  # /v1/authorize refuses them in a subject: nobody is named so
+        return "subject may not contain '*', ',' or '\"': no person's identifier does"
     return None
 
 

@@ -41,7 +41,7 @@ def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, seq = text.split(":")
-        if prefix != "seq" or int(seq) < 0:
+        if prefix != "seq" or not 0 <= int(seq) < 2**63:
             raise ValueError
         return int(seq)
     except (ValueError, UnicodeDecodeError):
@@ -62,7 +62,10 @@ def search_events(engine: Engine, where: EventFilter, *, limit: int = 100,
         if value is not None:
             query = query.where(column == value)
     if where.object_prefix is not None:
-        query = query.where(c.object.like(_escape_like(where.object_prefix) + "%", escape="\\"))
+        prefix = where.object_prefix
+        # LIKE finds the candidates; SQLite's LIKE ignores ASCII case, so the prefix is compared exactly too.
+        query = query.where(c.object.like(_escape_like(prefix) + "%", escape="\\"),
+                            func.substr(c.object, 1, len(prefix)) == prefix)
     if where.since is not None:
         query = query.where(c.created_at >= where.since)
     if where.until is not None:

@@ -76,12 +76,10 @@ def decode_json_object(raw: bytes, max_depth: int = 8) -> dict:
         body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
-    if problem := _text_problem(body):
-        raise ApiError(400, "bad_json", problem)
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
-    if _depth(body) > max_depth:
-        raise ApiError(400, "bad_request", f"the body nests deeper than {max_depth} levels")
+    if problem := _shape_problem(body, max_depth):
+        raise ApiError(400, *problem)
     return body
 
 
@@ -96,30 +94,37 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _text_problem(value) -> str | None:
-    """What is wrong with the text in a parsed body, if anything: a NUL (which no name, id or note
-    holds, and Postgres text cannot), or a lone surrogate (not text at all)."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            return "the body holds a NUL character (\\u0000): not allowed in any text"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "the body holds a lone UTF-16 surrogate (\\ud800-\\udfff): not valid text"
-        return None
-    if isinstance(value, dict):
-        return next((p for k, v in value.items() if (p := _text_problem(k) or _text_problem(v))), None)
-    if isinstance(value, list):
-        return next((p for v in value if (p := _text_problem(v))), None)
+def _shape_problem(body: dict, max_depth: int) -> tuple[str, str] | None:
+    """(code, message) of the first thing wrong with a parsed body, if anything: nesting deeper than
+    `max_depth` levels (a scalar in the top object is at level 2), a NUL (which no name, id or note
+    holds, and Postgres text cannot), or a lone surrogate (not text at all). A loop, not recursion:
+    any depth json.loads accepts is refused with a 400, never a RecursionError."""
+    stack = [(body, 1)]
+    while stack:
+        value, level = stack.pop()
+        if level > max_depth:
+            return "bad_request", f"the body nests deeper than {max_depth} levels"
+        if isinstance(value, str):
+            if problem := _text_problem(value):
+                return "bad_json", problem
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if problem := _text_problem(key):
+                    return "bad_json", problem
+                stack.append((item, level + 1))
+        elif isinstance(value, list):
+            stack.extend((item, level + 1) for item in value)
     return None
 
 
-def _depth(value, level: int = 1) -> int:
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level)
-    return level
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "the body holds a NUL character (\\u0000): not allowed in any text"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the body holds a lone UTF-16 surrogate (\\ud800-\\udfff): not valid text"
+    return None
 
 
 def install(app: Flask) -> None:

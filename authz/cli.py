@@ -30,7 +30,7 @@ def cli_actor() -> str:
 
 
 @policy_cli.command("load")
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))  # -sig: a BOM is not a row type
 @click.option("--replace", is_flag=True, help="Make the file the whole policy (rows not in it are removed).")
 @click.option("--allow-empty", is_flag=True, help="With --replace, let a file without rows empty the policy.")
 def policy_load(file, replace: bool, allow_empty: bool) -> None:

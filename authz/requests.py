@@ -60,13 +60,13 @@ def parse_authorize(body, where: str = "") -> AuthorizeRequest:
 
 def parse_batch(body: dict) -> list[AuthorizeRequest]:
     """Validate a `/v1/authorize/batch` body: every request, or a 400 naming the first bad one."""
+    if set(body) - {"requests"}:
+        raise bad(f"unknown field {', '.join(sorted(set(body) - {'requests'}))} (expected requests)")
     requests = body.get("requests")
     if not isinstance(requests, list) or not requests:
         raise bad("requests must be a non-empty list")
     if len(requests) > MAX_BATCH:
         raise bad(f"a batch holds at most {MAX_BATCH} requests, got {len(requests)}")
-    if set(body) - {"requests"}:
-        raise bad(f"unknown field {', '.join(sorted(set(body) - {'requests'}))}")
     return [parse_authorize(item, where=f"requests[{i}]: ") for i, item in enumerate(requests)]
 
 

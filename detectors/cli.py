@@ -86,9 +86,11 @@ def _when(value: str, end: bool) -> datetime:
             day = datetime.combine(datetime.fromisoformat(value).date(), time(), tzinfo=timezone.utc)
             return day + timedelta(days=1) if end else day
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    except OverflowError:  # past 9999-12-31 or before 0001-01-01 once in UTC: the edge of time
+        return (datetime.max if value.startswith("9999") else datetime.min).replace(tzinfo=timezone.utc)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a date (2026-11-29) or an ISO 8601 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 @click.command("evidence")

@@ -82,7 +82,10 @@ def evaluate(traffic, decider, *, contamination: float = 0.01, random_state: int
         try:
             item = parse_authorize(body)
         except ApiError as exc:
-            raise TrafficError(f"line {number}: {exc.message}") from None
+            message = exc.message
+            if message.startswith("unknown field") and message.endswith(")"):  # a traffic line has three more
+                message = message[:-1] + "; and on a traffic line: label, rows, time)"
+            raise TrafficError(f"line {number}: {message}") from None
         decision = decider.decide(item.request)
         pseudonym = "p_" + hmac.new(salt, item.request.subject.encode(), hashlib.sha256).hexdigest()[:16]
         events.append(DecisionEvent(number, when, pseudonym, item.request.domain, item.request.object,

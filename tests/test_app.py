@@ -1,5 +1,9 @@
 """The app factory: configuration from the environment, refused clearly when wrong."""
 
+import os
+import subprocess
+import sys
+
 import click
 import pytest
 
@@ -67,3 +71,44 @@ def test_a_custom_model_decides_through_pycasbin(tmp_path, monkeypatch):
     assert isinstance(snapshot.decider, CasbinDecider)
     assert snapshot.decider.decide(Request("alice", "prod", "db/x", "read")).allowed is False
     warden.engine.dispose()
+
+
+def _warden(tmp_path, url: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WARDEN_DATABASE_URL": url, "WARDEN_KEY_DIR": str(tmp_path / "keys")}
+    return subprocess.run([sys.executable, "-c", "import app; app.main()", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("sqlite:///{tmp}/never-migrated.db", "has no Warden schema, or an older one (no such table"),
+    ("bogus://somewhere", "WARDEN_DATABASE_URL is not a database URL Warden can use"),
+    ("postgresql+psycopg://nobody@127.0.0.1:1/none", "cannot use the database at"),
+])
+def test_database_problems_are_one_line_not_a_traceback(tmp_path, url, expected):
+    for args in (["policy", "export"], ["audit", "verify"], ["serve", "--port", "1"]):
+        result = _warden(tmp_path, url.format(tmp=tmp_path), *args)
+        assert result.returncode == 1, result.stderr
+        assert expected in result.stderr and "Traceback" not in result.stderr
+    if url.startswith("sqlite"):
+        assert "run `warden db upgrade` first" in result.stderr
+
+
+def test_a_postgres_database_without_the_schema_says_to_migrate(tmp_path):
+    url = os.environ.get("WARDEN_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("needs WARDEN_TEST_DATABASE_URL")  # the SQLite case above covers the logic
+    # The test database, seen through a search path where no Warden table is.
+    result = _warden(tmp_path, url + "?options=-csearch_path%3Dnowhere", "token", "create", "x", "--scope",
+                     "authorize")
+    assert result.returncode == 1
+    assert 'relation "service_tokens" does not exist' in result.stderr
+    assert "run `warden db upgrade` first" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_certificate_and_key_that_are_not_a_pair(tmp_path):
+    from tests.test_serve import self_signed
+
+    cert, key = self_signed(tmp_path)
+    result = _warden(tmp_path, f"sqlite:///{tmp_path}/w.db", "serve", "--tls-cert", key, "--tls-key", cert)
+    assert result.returncode == 2
+    assert "are not a certificate and its private key in PEM" in result.stderr

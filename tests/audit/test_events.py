@@ -59,7 +59,7 @@ def test_outcome_for_an_unknown_decision_is_404_and_a_second_is_409(client, auth
 @pytest.mark.parametrize("report,message", [
     ({}, "decision_id is required"),
     ({"decision_id": "x"}, "status is required"),
-    ({"decision_id": 5}, "decision_id is required"),
+    ({"decision_id": 5}, "decision_id must be the decision_id string"),
     ({"decision_id": "x", "rows": -1, "status": "ok"}, "rows must be"),
     ({"decision_id": "x", "bytes": "10", "status": "ok"}, "bytes must be"),
     ({"decision_id": "x", "duration_ms": True, "status": "ok"}, "duration_ms must be"),
@@ -104,6 +104,7 @@ def test_concurrent_duplicate_outcomes_cannot_both_land(warden, decided):
     ("decision=allow&subject=bob", 2),
     ("kind=decision&domain=prod", 6),
     ("object=db/%25", 0),  # % is taken literally
+    ("object=DB/", 0),  # case counts, on SQLite too (its LIKE ignores ASCII case)
 ])
 def test_search_filters(client, decided, reader, query, expected):
     response = client.get(f"/v1/audit/events?{query}", headers=reader)
@@ -137,6 +138,7 @@ def test_cursor_pagination_walks_everything_once(client, decided, reader, warden
     ("decision=maybe", "decision must be"), ("limit=0", "limit must be"), ("limit=5000", "limit must be"),
     ("since=yesterday", "ISO 8601"), ("cursor=!!!", "cursor"), ("subjet=alice", "unknown filter"),
     ("from_seq=-1", "from_seq must be"),
+    ("cursor=c2VxOjk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5OQ", "cursor"),  # seq:999... beyond a 64-bit seq
 ])
 def test_bad_search_is_400(client, reader, query, message):
     response = client.get(f"/v1/audit/events?{query}", headers=reader)

@@ -140,6 +140,7 @@ def test_opt_out_is_recorded_and_listed(traffic, warden, client, privacy_headers
     ({"subject": "alice", "kind": "delete"}, "kind must be one of"),
     ({"subject": " alice", "kind": "access"}, "outer spaces"),
     ({"subject": "alice", "kind": "access", "why": "x"}, "unknown field"),
+    ({"subject": "*", "kind": "access"}, "may not contain"),
 ])
 def test_bad_privacy_requests_are_400(client, privacy_headers, body, message):
     response = client.post("/v1/privacy/requests", json=body, headers=privacy_headers)

@@ -361,3 +361,23 @@ def test_a_policy_change_committed_mid_batch_is_honoured(client, auth, warden, m
     monkeypatch.setattr(warden.policies, "snapshot", snapshot_then_revoke)
     body = client.post("/v1/authorize", json=ALLOWED, headers=auth).get_json()
     assert revoked and body["allowed"] is False and body["policy_version"] == 2
+
+
+@pytest.mark.parametrize("depth", [9, 200, 400, 900, 5000])
+@pytest.mark.parametrize("path", ["/v1/authorize", "/v1/authorize/batch", "/access/v1/evaluation"])
+def test_any_nesting_depth_is_a_400_never_a_500(client, auth, warden, depth, path):
+    """Deeper than 8 levels is refused; a walk by recursion used to overflow Python's stack first."""
+    before = ledger_rows(warden.engine)
+    nested = "[" * depth + "]" * depth
+    body = ('{"subject": "alice", "domain": "prod", "object": "db/x", "action": "read", "context": {"a": '
+            + nested + "}}")
+    response = client.post(path, data=body, headers={**auth, "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] in ("bad_request", "bad_json")
+    assert ledger_rows(warden.engine) == before
+
+
+def test_a_batch_names_its_unknown_field(client, auth):
+    response = client.post("/v1/authorize/batch", json={"request": [ALLOWED]}, headers=auth)
+    assert response.status_code == 400
+    assert "unknown field request (expected requests)" in response.get_json()["error"]["message"]

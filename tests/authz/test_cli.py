@@ -152,3 +152,11 @@ def test_demo_seeds_once_and_prints_working_curl(runner, client, warden):
     assert warden.tokens.check(token) is None  # each run issues a new demo token
     with warden.engine.connect().execution_options(**READ_ONLY) as conn:
         assert warden.policies.version(conn) == 1  # and seeds the policy only once
+
+
+def test_a_file_with_a_byte_order_mark_loads(runner, tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeff".encode() + POLICY.encode())  # as Excel and Notepad save "UTF-8"
+    result = runner.invoke(args=["policy", "load", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "added 3" in result.output

@@ -59,7 +59,10 @@ def test_a_bad_traffic_line_is_named(runner, load_policy, tmp_path):
                          (good.replace('"subject": "alice"', '"subject": "a*"'), "line 2: subject"),
                          (good.replace('"rows": 10', '"rows": -1'), "line 2: rows must be"),
                          (good.replace('"rows": 10', '"rows": ' + "9" * 400), "line 2: rows must be"),
-                         (good.replace(T0.isoformat(), "0001-01-01T00:30:00+01:00"), "line 2: time must be")):
+                         (good.replace(T0.isoformat(), "0001-01-01T00:30:00+01:00"), "line 2: time must be"),
+                         (good.replace('"rows": 10', '"rows": 10, "extra": 1'),
+                          "unknown field extra (expected action, context, domain, object, subject; "
+                          "and on a traffic line: label, rows, time)")):
         path.write_text(good + "\n" + bad + "\n")
         result = runner.invoke(args=["detect", "evaluate", "--traffic", str(path), "--out", str(tmp_path / "o")])
         assert result.exit_code == 1 and message in result.output, result.output

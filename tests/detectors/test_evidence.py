@@ -3,6 +3,8 @@
 import json
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from tests.conftest import tamper
 from tests.detectors.test_review_queue import POLICY, decide
 
@@ -61,3 +63,11 @@ def test_bad_dates_are_refused_clearly(runner, tmp_path):
     assert result.exit_code == 2 and "is not a date" in result.output
     result = runner.invoke(args=["evidence", "--from", _today(), "--to", "2020-01-01", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--to must be after --from" in result.output
+
+
+@pytest.mark.parametrize("start,end", [("0001-01-01", "9999-12-31"),
+                                       ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00")])
+def test_the_edges_of_time_are_a_period_too(runner, tmp_path, start, end):
+    result = runner.invoke(args=["evidence", "--from", start, "--to", end, "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    assert "ledger intact" in result.output
