@@ -1,11 +1,15 @@
 """The decision path: decide against the current policy, record in the ledger, then answer."""
 
 import logging
+import os
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
 from audit.db import READ_ONLY
-from audit.group_commit import GroupCommitter, Waiter
+from audit.group_commit import CommitFailed, GroupCommitter, Waiter
 from audit.ledger import Entry
 from audit.metrics import DECISIONS, UNAUDITED
 from audit.pii import scrub_value
@@ -52,6 +56,9 @@ class DecisionService:
         # what its answer's `review` is), and tells whether it would (`flags`, no database work).
         self.review = review
         self._view: tuple[int, Snapshot] | None = None  # (epoch, the policy as of that epoch)
+        self._watch_lock = threading.Lock()
+        self._watcher_pid: int | None = None
+        self._waiting: deque = deque()  # authorize_later's outcomes, oldest first, until answered
 
     def authorize(self, requests: list[AuthorizeRequest], *, service: str, request_id: str,
                   stop: Callable[[Decision], bool] | None = None) -> list[dict]:
@@ -80,7 +87,30 @@ class DecisionService:
         `offload(fn)` (a thread pool's submit) instead, so the writer never waits on it.
         Raises AuditUnavailable, before queuing anything, when the decision cannot be made.
         """
-        self._record([request], service, request_id, None, _Later(self, then, offload))
+        later = _Later(self, then, offload, time.monotonic() + self.committer.timeout)
+        self._record([request], service, request_id, None, later)
+        self._watch(later)
+
+    def _watch(self, later: "_Later") -> None:
+        """Keep `later` until it is answered; past its deadline, answer it 503 (as `authorize` does
+        when its wait times out), so a commit that hangs never leaves a client without an answer."""
+        with self._watch_lock:
+            if self._watcher_pid != os.getpid():  # first use, or a forked child
+                self._watcher_pid = os.getpid()
+                self._waiting = deque()
+                threading.Thread(target=self._watch_deadlines, name="warden-answer-deadlines",
+                                 daemon=True).start()
+            self._waiting.append(later)
+
+    def _watch_deadlines(self) -> None:
+        waiting = self._waiting
+        while True:
+            time.sleep(min(1.0, self.committer.timeout / 4))
+            now = time.monotonic()
+            while waiting and (waiting[0].answered() or waiting[0].deadline <= now):
+                later = waiting.popleft()
+                if later.claim():
+                    later.fail(CommitFailed(f"no commit within {self.committer.timeout:.0f}s"))
 
     def _record(self, requests: list[AuthorizeRequest], service: str, request_id: str,
                 stop: Callable[[Decision], bool] | None, outcome) -> None:
@@ -176,15 +206,26 @@ def _no_reviews(appended: list, result: tuple) -> list[None]:
 
 
 class _Later:
-    """The writer's outcome for one `authorize_later`: makes the answer and hands it to `then`."""
+    """The outcome of one `authorize_later`: makes the answer and hands it to `then`, exactly once,
+    whoever comes first: the writer with the commit's outcome, or the deadline watch."""
 
-    __slots__ = ("service", "then", "offload")
+    __slots__ = ("service", "then", "offload", "deadline", "_once")
 
     def __init__(self, service: DecisionService, then: Callable[[dict | None], None],
-                 offload: Callable[[Callable[[], None]], object]):
-        self.service, self.then, self.offload = service, then, offload
+                 offload: Callable[[Callable[[], None]], object], deadline: float):
+        self.service, self.then, self.offload, self.deadline = service, then, offload, deadline
+        self._once = threading.Lock()
+
+    def claim(self) -> bool:
+        """True for the first caller only: it answers."""
+        return self._once.acquire(blocking=False)
+
+    def answered(self) -> bool:
+        return self._once.locked()
 
     def set_result(self, value) -> None:
+        if not self.claim():
+            return  # the deadline came first: answered 503 already
         appended, result = value
         review = self.service.review
         try:
@@ -196,8 +237,12 @@ class _Later:
         self._answer(appended, result, _no_reviews)
 
     def set_exception(self, error: BaseException) -> None:
+        if self.claim():
+            self._offloaded(lambda: self.fail(error))  # logging (maybe to a blocked stderr) off the writer
+
+    def fail(self, error: BaseException) -> None:
         self.service._unaudited(1, error)
-        self.then(None)
+        self._hand(None)
 
     def _answer(self, appended: list, result: tuple, reviews: Callable) -> None:
         try:
@@ -205,7 +250,19 @@ class _Later:
         except Exception:  # recorded, but no answer can be made of it: deny, as for no record
             log.exception("decision %s recorded but not answered; denying", appended[0].seq)
             answer = None
-        self.then(answer)
+        self._hand(answer)
+
+    def _hand(self, answer: dict | None) -> None:
+        try:
+            self.then(answer)
+        except Exception:  # noqa: BLE001 - `then` must not fail; if it does, say so rather than vanish
+            log.exception("answering an authorize request failed")
+
+    def _offloaded(self, work: Callable[[], None]) -> None:
+        try:
+            self.offload(work)
+        except Exception:  # noqa: BLE001 - no pool (shutting down): here then
+            work()
 
 
 def _entry(item: AuthorizeRequest, decision: Decision, decision_id: str, service: str,

@@ -57,7 +57,7 @@ class AuthorizeFastPath:
         try:
             self.app.extensions["warden"].decisions.authorize_later(
                 item, service=caller.name, request_id=request_id(environ.get("HTTP_X_REQUEST_ID", "")),
-                then=lambda answer: then(*self._response(answer)), offload=offload)
+                then=lambda answer: then(*self._response_or_deny(answer)), offload=offload)
         except AuditUnavailable:
             then(*self._response(None))
         return True
@@ -95,6 +95,12 @@ class AuthorizeFastPath:
             return caller, parse_authorize(decode_json_object(raw))
         except Exception:  # noqa: BLE001 - Flask answers (and logs) anything unexpected, once
             return None
+
+    def _response_or_deny(self, answer: dict | None) -> tuple[str, bytes]:
+        try:
+            return self._response(answer)
+        except Exception:  # noqa: BLE001 - an answer that cannot be encoded is a deny, not a silence
+            return self._response(None)
 
     def _response(self, answer: dict | None) -> tuple[str, bytes]:
         """The status line and body of an answer; None: the record was not committed."""

@@ -6,9 +6,10 @@ On gthread a request keeps its pool thread until the answer is written. For
 lands, dozens of threads wake at once and queue for the GIL (the ledger writer
 among them). Here the pool thread decides and queues the record, and is free.
 Once the batch is committed, the ledger writer writes each answer itself: a few
-hundred bytes that a healthy socket takes at once (`MSG_DONTWAIT`). A socket
-that does not, a TLS socket, or a decision that opens a review item is finished
-on a pool thread instead. Then the connection goes back to gunicorn's poller, so
+hundred bytes that a healthy socket takes at once (a non-blocking send). A socket
+that does not, or a decision that opens a review item, is finished on a pool
+thread instead. An answer whose commit does not come within the committer's
+timeout is a 503 deny (see DecisionService.authorize_later). Then the connection goes back to gunicorn's poller, so
 a client's next request is read only once this answer is out (answers stay in
 order). Every other request, and any `/v1/authorize` that the fast path leaves
 to Flask, is served as gthread serves it.
@@ -111,18 +112,12 @@ class WardenWorker(gthread.ThreadWorker):
             resp.start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             head = "".join(resp.default_headers() + [f"{name}: {value}\r\n" for name, value in resp.headers])
             data = (head + "\r\n").encode("latin-1") + body
-            sent = 0
-            if not isinstance(conn.sock, ssl.SSLSocket):  # TLS sockets take no flags
-                try:
-                    sent = conn.sock.send(data, socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    pass
+            sent = _send_now(conn.sock, data)
             if sent < len(data):
                 self.tpool.submit(self._send_rest, conn, req, resp, environ, started, len(body), data[sent:])
                 return
         except Exception:  # noqa: BLE001 - the client is gone or the answer unsendable: drop the connection
-            self.log.debug("answer not written", exc_info=True)
-            self._give_back(conn, keep_alive=False)
+            self._written(conn, req, resp, environ, started, None)
             return
         self._written(conn, req, resp, environ, started, len(body))
 
@@ -130,19 +125,19 @@ class WardenWorker(gthread.ThreadWorker):
         try:
             conn.sock.sendall(rest)  # the socket is in blocking mode while it is off the poller
         except Exception:  # noqa: BLE001 - as in _answer
-            self.log.debug("answer not written", exc_info=True)
-            self._give_back(conn, keep_alive=False)
-            return
+            body_length = None
         self._written(conn, req, resp, environ, started, body_length)
 
-    def _written(self, conn, req, resp, environ: dict, started: datetime, body_length: int) -> None:
-        resp.headers_sent, resp.sent = True, body_length
+    def _written(self, conn, req, resp, environ: dict, started: datetime, body_length: int | None) -> None:
+        """Log the request as gthread would (also when the answer could not be written: `body_length`
+        None), run the post_request hook, and give the connection back (closed after a failure)."""
+        resp.headers_sent, resp.sent = body_length is not None, body_length or 0
         try:
             self.log.access(resp, req, environ, datetime.now() - started)
         except Exception:  # noqa: BLE001 - a log line must not cost the client its connection
             self.log.exception("access log failed")
         self._post_request(req, environ, resp)
-        self._give_back(conn, keep_alive=not resp.should_close())
+        self._give_back(conn, keep_alive=body_length is not None and not resp.should_close())
 
     def _give_back(self, conn, keep_alive: bool) -> None:
         """Hand the connection to the poller thread: back on the poller (keep-alive) or closed."""
@@ -156,6 +151,20 @@ class WardenWorker(gthread.ThreadWorker):
             self.cfg.post_request(self, req, environ, resp)
         except Exception:  # noqa: BLE001 - as gunicorn treats the hook
             self.log.exception("Exception in post_request hook")
+
+
+def _send_now(sock, data: bytes) -> int:
+    """Send what the socket takes without waiting; return how many bytes that was."""
+    try:
+        if not isinstance(sock, ssl.SSLSocket):
+            return sock.send(data, socket.MSG_DONTWAIT)
+        sock.setblocking(False)  # TLS sockets take no flags; nobody else uses this one meanwhile
+        try:
+            return sock.send(data)
+        finally:
+            sock.setblocking(True)
+    except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return 0
 
 
 class _Finished:

@@ -73,3 +73,29 @@ def test_the_writer_carries_on_after_answers(warden, load_policy):
     first, _, _ = later(warden, ALLOWED)
     appended, _ = warden.committer.submit(lambda conn, memo: ([Entry("test", {})], None))
     assert appended[0].seq == first["audit_seq"] + 1
+
+
+def test_a_commit_that_hangs_is_answered_503_at_the_deadline_and_only_once(warden, load_policy):
+    load_policy(POLICY)
+    later(warden, ALLOWED)  # policy and alice's key cached: deciding needs no database now
+    warden.committer.timeout = 1.0  # the watch looks every quarter of it
+    answers, first = [], threading.Event()
+
+    def then(answer):
+        answers.append(answer)
+        first.set()
+
+    blocker = warden.engine.connect()  # holds the ledger's write lock, as a stuck transaction would
+    transaction = blocker.begin()  # SQLite: BEGIN IMMEDIATE
+    if warden.engine.dialect.name == "postgresql":
+        blocker.exec_driver_sql("SELECT seq FROM ledger_head FOR UPDATE")
+    try:
+        warden.decisions.authorize_later(parse_authorize(ALLOWED), service="svc", request_id="r1", then=then,
+                                         offload=lambda work: work())
+        assert first.wait(10)
+        assert answers == [None]  # 503: no commit within the timeout
+    finally:
+        transaction.rollback()
+        blocker.close()
+    warden.committer.submit(lambda conn, memo: ([Entry("test", {})], None))  # the stuck batch is in by now
+    assert answers == [None]  # the late commit did not answer a second time
