@@ -369,7 +369,7 @@ def _tls13_context(config, default_ssl_context_factory):
 @click.option("--no-serve", is_flag=True, help="Prepare the demo and print the steps, but do not serve.")
 def demo_command(host, port, workers, threads, tls_cert, tls_key, no_serve) -> None:
     """Migrate, seed demo roles, policies and a service token, print the first steps, then serve."""
-    from authz.demo import demo_instructions, seed_accounts, seed_demo, seed_history
+    from authz.demo import admin_enrolled, demo_instructions, seed_accounts, seed_demo, seed_history
 
     warden = current_app.extensions["warden"]
     check_tls_options(tls_cert, tls_key)
@@ -381,7 +381,7 @@ def demo_command(host, port, workers, threads, tls_cert, tls_key, no_serve) -> N
     passwords = seed_accounts(warden)
     scheme = "https" if tls_cert else "http"
     click.echo(demo_instructions(f"{scheme}://{host}:{port}", token, current_app.config["DATABASE_URL"],
-                                 current_app.config["LOG_DIR"], passwords))
+                                 current_app.config["LOG_DIR"], passwords, admin_enrolled(warden)))
     if not no_serve:
         run_server(host, port, workers, threads, tls_cert, tls_key)
 

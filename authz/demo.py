@@ -25,6 +25,12 @@ def seed_accounts(warden) -> dict[str, str]:
     return passwords
 
 
+def admin_enrolled(warden) -> bool:
+    """Whether the demo admin set up the second factor on an earlier run (the QR code is not shown again)."""
+    admin = warden.accounts.get_by_name("admin")
+    return bool(admin and admin.mfa_enabled)
+
+
 def seed_demo(warden) -> str:
     """Load the demo policy if none is loaded yet and return a fresh demo service token."""
     with warden.engine.connect().execution_options(**READ_ONLY) as conn:
@@ -61,8 +67,13 @@ def seed_history(warden, decisions: int = 140) -> bool:
 
 
 def demo_instructions(base_url: str, token: str, database_url: str, log_dir: str = "",
-                      passwords: dict[str, str] | None = None) -> str:
+                      passwords: dict[str, str] | None = None, enrolled: bool = False) -> str:
     """Return the text `warden demo` prints: where Warden is and what to try first."""
+    second_factor = (
+        f"  2. enter the code from the authenticator app you enrolled on an earlier run (or a recovery code)\n"
+        f"  3. you land on {base_url}/admin" if enrolled else
+        f"  2. scan the QR code with an authenticator app (or type the key), enter the code\n"
+        f"  3. save the 10 recovery codes; you land on {base_url}/admin")
     def curl(body: str) -> str:
         return (f"curl -s {base_url}/v1/authorize -H 'Authorization: Bearer {token}' \\\n"
                 f"     -H 'Content-Type: application/json' \\\n     -d '{body}'")
@@ -90,8 +101,7 @@ A denied request (nothing grants delete):
 
 First sign-in (the passwords are new on every run):
   1. open {base_url}/login and sign in as admin / {(passwords or {}).get("admin", "?")}
-  2. scan the QR code with an authenticator app (or type the key), enter the code
-  3. save the 10 recovery codes; you land on {base_url}/admin
+{second_factor}
   The reviewer account (security-reviewer) signs in with: reviewer / {(passwords or {}).get("reviewer", "?")}
 
 Then check the ledger from another terminal:

@@ -21,6 +21,7 @@ pins gunicorn's minor version; tests/test_worker.py drives it through a real
 """
 
 import gc
+import json
 import socket
 import ssl
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from concurrent.futures import Future
 from datetime import datetime
 from functools import cached_property, partial
 
+from gunicorn import util
 from gunicorn.http import wsgi
 from gunicorn.workers import gthread
 
@@ -37,6 +39,12 @@ _LATER = object()  # handle_request's result when the ledger writer will answer
 
 class WardenWorker(gthread.ThreadWorker):
     """gthread, with `/v1/authorize` answered by the ledger writer once the record is committed."""
+
+    def init_process(self):
+        # gunicorn answers what it cannot parse (a request line over its limit, a malformed header)
+        # itself, in HTML; in this worker's process those answers are Warden's JSON error shape too.
+        util.write_error = _json_error
+        super().init_process()
 
     def run(self):
         # The app is loaded: what exists now lives as long as the worker. Frozen, the cyclic garbage
@@ -151,6 +159,15 @@ class WardenWorker(gthread.ThreadWorker):
             self.cfg.post_request(self, req, environ, resp)
         except Exception:  # noqa: BLE001 - as gunicorn treats the hook
             self.log.exception("Exception in post_request hook")
+
+
+def _json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's `util.write_error`, answering `{"error": {"code", "message"}}` as every Warden error does."""
+    body = (json.dumps({"error": {"code": reason.lower().replace(" ", "_"), "message": mesg or reason}},
+                       separators=(",", ":")) + "\n").encode("utf-8")
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
 def _send_now(sock, data: bytes) -> int:

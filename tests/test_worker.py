@@ -243,3 +243,15 @@ def _concurrently(port: int, token: str, clients: int) -> None:
     for thread in threads:
         thread.join()
     assert statuses == [200] * clients
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # gunicorn's own answers, not the database's
+def test_what_gunicorn_refuses_itself_is_answered_in_warden_json_too(served):
+    port, _ = served
+    for request, status in ((b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: w\r\n\r\n", 414),
+                            (b"GET / HTTP/1.1\r\nHost: w\r\nBad Header\r\n\r\n", 400)):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(request)
+            ((got, headers, body),) = read_answers(sock, 1)
+        assert got == status and headers["content-type"] == "application/json"
+        assert set(body["error"]) == {"code", "message"}

@@ -2,11 +2,12 @@
 
 import json
 import re
+from datetime import datetime, timezone
 
-from audit.db import READ_ONLY
-
+import pyotp
 import pytest
 
+from audit.db import READ_ONLY
 from tests.conftest import ledger_rows
 
 POLICY = """# engineers read prod for maintenance
@@ -146,8 +147,15 @@ def test_demo_seeds_once_and_prints_working_curl(runner, client, warden):
     password = re.search(r"sign in as admin / (\S+)", result.output).group(1)
     assert warden.accounts.authenticate("admin", password) is not None
     assert warden.accounts.get_by_name("reviewer").role == "security-reviewer"
+    assert "scan the QR code" in result.output
+    admin = warden.accounts.get_by_name("admin")  # the admin enrolls, as the printed steps say
+    enrollment = warden.mfa.begin(admin.id)
+    now = datetime.now(timezone.utc)
+    warden.mfa.confirm(admin.id, pyotp.TOTP(enrollment.secret).at(now), now)
     again = runner.invoke(args=["demo", "--no-serve"])
     assert again.exit_code == 0 and "Recorded the demo's history" not in again.output
+    assert "scan the QR code" not in again.output  # enrolled already: the code, not a new QR code
+    assert "enter the code from the authenticator app you enrolled on an earlier run" in again.output
     assert warden.accounts.authenticate("admin", password) is None  # new passwords on every run
     assert warden.tokens.check(token) is None  # each run issues a new demo token
     with warden.engine.connect().execution_options(**READ_ONLY) as conn:
