@@ -14,10 +14,10 @@ a client's next request is read only once this answer is out (answers stay in
 order). Every other request, and any `/v1/authorize` that the fast path leaves
 to Flask, is served as gthread serves it.
 
-This overrides three methods of gthread's ThreadWorker (`handle_request`,
-`_keepalive_after`, `enqueue_req`) and calls its `finish_request`, so setup.cfg
-pins gunicorn's minor version; tests/test_worker.py drives it through a real
-`warden serve`.
+This overrides gthread's `handle_request`, `_keepalive_after` and `enqueue_req`,
+calls its `finish_request`, and replaces gunicorn's `util.write_error` in the
+worker's process, so setup.cfg pins gunicorn's minor version; tests/test_worker.py
+drives it through a real `warden serve`.
 """
 
 import gc
