@@ -2,9 +2,10 @@
 
 A per-record lock-and-commit costs one fsync per record. Here callers hand
 their entries to a single writer thread; it takes everything queued, appends it
-all and commits once. Each caller's call returns only after that commit, so no
-answer is given before its record is durable; a failed commit fails every
-caller in the batch.
+all and commits once. Each caller's `submit` returns only after that commit (or,
+with `submit_later`, the writer tells the caller's Outcome then), so no answer
+is given before its record is durable; a failed commit fails every caller in the
+batch.
 
 Most callers come with their entries made already, from state they cached, and
 the epoch that state belongs to (see LedgerHead.epoch). On Postgres such a batch
