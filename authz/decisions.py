@@ -110,7 +110,10 @@ class DecisionService:
             while waiting and (waiting[0].answered() or waiting[0].deadline <= now):
                 later = waiting.popleft()
                 if later.claim():
-                    later.fail(CommitFailed(f"no commit within {self.committer.timeout:.0f}s"))
+                    try:
+                        later.fail(CommitFailed(f"no commit within {self.committer.timeout:.0f}s"))
+                    except Exception:  # noqa: BLE001 - the watch must outlive any one answer
+                        log.exception("answering a request past its deadline failed")
 
     def _record(self, requests: list[AuthorizeRequest], service: str, request_id: str,
                 stop: Callable[[Decision], bool] | None, outcome) -> None:
