@@ -41,37 +41,54 @@ class Evaluation:
 
 
 def read_traffic(path: Path) -> list[tuple[int, dict, datetime, int | None, str | None]]:
-    """(line number, authorize body, time, rows, label) of every non-blank line; TrafficError otherwise."""
-    traffic = []
+    """(line number, authorize body, time, rows, label) of every non-blank line; TrafficError naming
+    every bad line (the first ten of them) otherwise."""
     try:
         with open(path, encoding="utf-8") as lines:
             texts = list(lines)
     except UnicodeDecodeError as exc:
         raise TrafficError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    traffic, problems = [], []
     for number, text in enumerate(texts, start=1):
-        if not text.strip():
-            continue
-        try:
-            line = json.loads(text)
-        except ValueError as exc:
-            raise TrafficError(f"line {number}: not JSON ({exc})") from None
-        if not isinstance(line, dict):
-            raise TrafficError(f"line {number}: must be a JSON object")
-        line = dict(line)
-        time, rows, label = line.pop("time", None), line.pop("rows", None), line.pop("label", None)
-        try:
-            when = datetime.fromisoformat(str(time).replace("Z", "+00:00"))
-            when = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
-            _ = when + timedelta(days=1)  # the feature windows must be able to reach past it
-        except (ValueError, OverflowError):
-            raise TrafficError(f"line {number}: time must be ISO 8601 between years 1 and 9998, "
-                               "e.g. 2026-11-29T09:30:00Z") from None
-        if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or not 0 <= rows < 2**63):
-            raise TrafficError(f"line {number}: rows must be a whole number of rows (below 2^63)")
-        if label is not None and not isinstance(label, str):
-            raise TrafficError(f"line {number}: label must be a string")
-        traffic.append((number, line, when, rows, label))
+        if text.strip():
+            try:
+                traffic.append(_traffic_line(number, text))
+            except TrafficError as exc:
+                problems.append(str(exc))
+    if problems:
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise TrafficError(f"{len(problems)} bad line(s):\n  " + "\n  ".join(problems[:10]) + more)
     return traffic
+
+
+def _traffic_line(number: int, text: str) -> tuple[int, dict, datetime, int | None, str | None]:
+    try:
+        line = json.loads(text)
+    except ValueError as exc:
+        raise TrafficError(f"line {number}: not JSON ({exc})") from None
+    if not isinstance(line, dict):
+        raise TrafficError(f"line {number}: must be a JSON object")
+    line = dict(line)
+    time, rows, label = line.pop("time", None), line.pop("rows", None), line.pop("label", None)
+    try:
+        when = datetime.fromisoformat(str(time).replace("Z", "+00:00"))
+        when = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+        _ = when + timedelta(days=1)  # the feature windows must be able to reach past it
+    except (ValueError, OverflowError):
+        raise TrafficError(f"line {number}: time must be ISO 8601 between years 1 and 9998, "
+                           "e.g. 2026-11-29T09:30:00Z") from None
+    if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or not 0 <= rows < 2**63):
+        raise TrafficError(f"line {number}: rows must be a whole number of rows (below 2^63)")
+    if label is not None and not isinstance(label, str):
+        raise TrafficError(f"line {number}: label must be a string")
+    try:
+        parse_authorize(line)  # checked now, so that every bad line is named at once
+    except ApiError as exc:
+        message = exc.message
+        if message.startswith("unknown field") and message.endswith(")"):  # a traffic line has three more
+            message = message[:-1] + "; and on a traffic line: label, rows, time)"
+        raise TrafficError(f"line {number}: {message}") from None
+    return number, line, when, rows, label
 
 
 def evaluate(traffic, decider, *, contamination: float = 0.01, random_state: int = 7) -> Evaluation:
@@ -79,13 +96,7 @@ def evaluate(traffic, decider, *, contamination: float = 0.01, random_state: int
     salt = secrets.token_bytes(32)  # pseudonyms for this run only: never stored, never the names
     events, labels = [], {}
     for number, body, when, rows, label in sorted(traffic, key=lambda t: (t[2], t[0])):
-        try:
-            item = parse_authorize(body)
-        except ApiError as exc:
-            message = exc.message
-            if message.startswith("unknown field") and message.endswith(")"):  # a traffic line has three more
-                message = message[:-1] + "; and on a traffic line: label, rows, time)"
-            raise TrafficError(f"line {number}: {message}") from None
+        item = parse_authorize(body)  # read_traffic checked it
         decision = decider.decide(item.request)
         pseudonym = "p_" + hmac.new(salt, item.request.subject.encode(), hashlib.sha256).hexdigest()[:16]
         events.append(DecisionEvent(number, when, pseudonym, item.request.domain, item.request.object,

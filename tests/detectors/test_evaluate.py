@@ -87,3 +87,15 @@ def test_without_traffic_the_sample_for_the_demo_policy_is_evaluated(runner, loa
     assert all(counts["covered"] == counts["lines"]
                for label, counts in summary["by_label"].items() if label != "normal")
     assert summary["by_label"]["normal"]["covered"] <= 15
+
+
+def test_every_bad_traffic_line_is_named_at_once(runner, load_policy, tmp_path):
+    load_policy(POLICY)
+    good = _line(T0, "alice", "db/x")
+    bad = [good.replace('"subject": "alice"', '"subject": "a*"'), "{nope", good.replace('"rows": 10', '"rows": -1')]
+    path = tmp_path / "traffic.jsonl"
+    path.write_text("\n".join([good, *bad] * 5) + "\n")  # 15 bad lines of 20
+    result = runner.invoke(args=["detect", "evaluate", "--traffic", str(path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "15 bad line(s)" in result.output and "... and 5 more" in result.output
+    assert all(f"line {n}:" in result.output for n in (2, 3, 4, 6))
