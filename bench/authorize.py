@@ -4,8 +4,9 @@
     python bench/authorize.py --database-url postgresql+psycopg://postgres@127.0.0.1/warden_bench
 
 Starts `warden serve` on that database and a bare Flask app (bench/bare_app.py:
-parse the JSON, answer, write nothing) on gunicorn's gthread worker, with the same
-workers, threads and logging (Warden's worker is gthread's, see authz/worker.py), loads
+parse the JSON, answer, write nothing) on the same gunicorn worker class as Warden's
+(authz/worker.py: for an app without Warden's fast path it is gthread with the
+garbage collector's start-up freeze), the same workers, threads and logging, loads
 each with wrk (Debian's `wrk`) for the same time and connections, and prints
 both request rates and their ratio, with what each request cost: CPU in the
 workers and in Postgres, and the workers' context switches (read from /proc;
@@ -136,7 +137,7 @@ def main() -> None:
     # The bare server logs as `warden serve` does: the same access lines, to the same kind of daily files.
     (workdir / "bare-logging.json").write_text(json.dumps(log_config(str(workdir / "bare-logs"))))
     servers = {
-        "bare": [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", *settings,
+        "bare": [sys.executable, "-m", "gunicorn", "--worker-class", "authz.worker.WardenWorker", *settings,
                  "--bind", f"127.0.0.1:{args.port}", "--access-logfile", "-",
                  "--access-logformat", ACCESS_LOG_FORMAT, "--log-config-json", str(workdir / "bare-logging.json"),
                  "bench.bare_app:create_app()"],
