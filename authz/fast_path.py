@@ -56,7 +56,7 @@ class AuthorizeFastPath:
         caller, item = admitted
         try:
             self.app.extensions["warden"].decisions.authorize_later(
-                item, service=caller.name, request_id=request_id(environ.get("HTTP_X_REQUEST_ID", "")),
+                item, service=caller.name, request_id=_request_id(environ),
                 then=lambda answer: then(*self._response_or_deny(answer)), offload=offload)
         except AuditUnavailable:
             then(*self._response(None))
@@ -70,7 +70,7 @@ class AuthorizeFastPath:
         caller, item = admitted
         try:
             answer = self.app.extensions["warden"].decisions.authorize(
-                [item], service=caller.name, request_id=request_id(environ.get("HTTP_X_REQUEST_ID", "")))[0]
+                [item], service=caller.name, request_id=_request_id(environ))[0]
         except AuditUnavailable:
             answer = None
         return self._response(answer)
@@ -112,6 +112,10 @@ class AuthorizeFastPath:
     def _json(self, value: dict) -> bytes:
         # The bytes Flask's jsonify makes outside debug mode.
         return (self.app.json.dumps(value, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def _request_id(environ: dict) -> str:
+    return request_id(environ.get("HTTP_X_REQUEST_ID", ""))
 
 
 def _is_json(content_type: str) -> bool:

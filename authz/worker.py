@@ -8,10 +8,10 @@ among them). Here the pool thread decides and queues the record, and is free.
 Once the batch is committed, the ledger writer writes each answer itself: a few
 hundred bytes that a healthy socket takes at once (a non-blocking send). A socket
 that does not, or a decision that opens a review item, is finished on a pool
-thread instead. An answer whose commit does not come within the committer's
-timeout is a 503 deny (see DecisionService.authorize_later). Then the connection goes back to gunicorn's poller, so
-a client's next request is read only once this answer is out (answers stay in
-order). Every other request, and any `/v1/authorize` that the fast path leaves
+thread instead. Then the connection goes back to gunicorn's poller, so a
+client's next request is read only once this answer is out (answers stay in
+order). An answer whose commit does not come within the committer's timeout is
+a 503 deny (see DecisionService.authorize_later). Every other request, and any `/v1/authorize` that the fast path leaves
 to Flask, is served as gthread serves it.
 
 This overrides gthread's `handle_request`, `_keepalive_after` and `enqueue_req`,

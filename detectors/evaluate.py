@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from audit.web import ApiError
-from authz.requests import parse_authorize
+from authz.requests import AuthorizeRequest, parse_authorize
 from detectors import forest
 from detectors.features import DecisionEvent, extract
 from detectors.rules import rule_findings
@@ -40,8 +40,8 @@ class Evaluation:
     by_label: dict[str, dict]
 
 
-def read_traffic(path: Path) -> list[tuple[int, dict, datetime, int | None, str | None]]:
-    """(line number, authorize body, time, rows, label) of every non-blank line; TrafficError naming
+def read_traffic(path: Path) -> list[tuple[int, AuthorizeRequest, datetime, int | None, str | None]]:
+    """(line number, parsed authorize request, time, rows, label) of every non-blank line; TrafficError naming
     every bad line (the first ten of them) otherwise."""
     try:
         with open(path, encoding="utf-8") as lines:
@@ -61,7 +61,7 @@ def read_traffic(path: Path) -> list[tuple[int, dict, datetime, int | None, str 
     return traffic
 
 
-def _traffic_line(number: int, text: str) -> tuple[int, dict, datetime, int | None, str | None]:
+def _traffic_line(number: int, text: str) -> tuple[int, AuthorizeRequest, datetime, int | None, str | None]:
     try:
         line = json.loads(text)
     except ValueError as exc:
@@ -82,21 +82,20 @@ def _traffic_line(number: int, text: str) -> tuple[int, dict, datetime, int | No
     if label is not None and not isinstance(label, str):
         raise TrafficError(f"line {number}: label must be a string")
     try:
-        parse_authorize(line)  # checked now, so that every bad line is named at once
+        item = parse_authorize(line)  # now, so that every bad line is named at once
     except ApiError as exc:
         message = exc.message
         if message.startswith("unknown field") and message.endswith(")"):  # a traffic line has three more
             message = message[:-1] + "; and on a traffic line: label, rows, time)"
         raise TrafficError(f"line {number}: {message}") from None
-    return number, line, when, rows, label
+    return number, item, when, rows, label
 
 
 def evaluate(traffic, decider, *, contamination: float = 0.01, random_state: int = 7) -> Evaluation:
     """Decide every line with `decider`, run the detectors, and return the items they would open."""
     salt = secrets.token_bytes(32)  # pseudonyms for this run only: never stored, never the names
     events, labels = [], {}
-    for number, body, when, rows, label in sorted(traffic, key=lambda t: (t[2], t[0])):
-        item = parse_authorize(body)  # read_traffic checked it
+    for number, item, when, rows, label in sorted(traffic, key=lambda t: (t[2], t[0])):
         decision = decider.decide(item.request)
         pseudonym = "p_" + hmac.new(salt, item.request.subject.encode(), hashlib.sha256).hexdigest()[:16]
         events.append(DecisionEvent(number, when, pseudonym, item.request.domain, item.request.object,
