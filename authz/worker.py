@@ -1,27 +1,40 @@
 """The gunicorn worker `warden serve` runs: gthread's, except that `/v1/authorize` holds no thread while
-its record commits.
+its record commits, and on a kept-alive connection is decided without a thread handoff.
 
 On gthread a request keeps its pool thread until the answer is written. For
 `/v1/authorize` that is a thread asleep on the ledger commit, and when a batch
 lands, dozens of threads wake at once and queue for the GIL (the ledger writer
-among them). Here the pool thread decides and queues the record, and is free.
-Once the batch is committed, the ledger writer writes each answer itself: a few
-hundred bytes that a healthy socket takes at once (a non-blocking send). A socket
-that does not, or a decision that opens a review item, is finished on a pool
-thread instead. Then the connection goes back to gunicorn's poller, so a
-client's next request is read only once this answer is out (answers stay in
-order). An answer whose commit does not come within the committer's timeout is
-a 503 deny (see DecisionService.authorize_later). Every other request, and any `/v1/authorize` that the fast path leaves
-to Flask, is served as gthread serves it.
+among them). Here the request is decided and its record queued, and the thread
+is free. Once the batch is committed, the ledger writer writes each answer
+itself: a few hundred bytes that a healthy socket takes at once (a non-blocking
+send). A socket that does not, or a decision that opens a review item, is
+finished on a pool thread instead. Then the connection goes back to gunicorn's
+poller, so a client's next request is read only once this answer is out
+(answers stay in order). An answer whose commit does not come within the
+committer's timeout is a 503 deny (see DecisionService.authorize_later).
 
-This overrides gthread's `handle_request`, `_keepalive_after` and `enqueue_req`,
-calls its `finish_request`, and replaces gunicorn's `util.write_error` in the
-worker's process, so setup.cfg pins gunicorn's minor version; tests/test_worker.py
-drives it through a real `warden serve`.
+Where the request is decided: when a kept-alive plain-HTTP connection turns
+readable and what it has sent (read without waiting) is one whole
+`POST /v1/authorize` with a Content-Length body, the poller thread parses and
+decides it itself (about 0.1 ms of CPU; the GIL would serialize a pool thread
+doing it anyway), which spares each request two thread wake-ups. The socket
+stays non-blocking meanwhile, so the poller never waits on a client. Anything
+else — a first request, TLS, a request still arriving, another route, or an
+authorize that Flask must answer (a bad token, say) — goes to the pool as on
+gthread.
+
+This overrides gthread's `on_client_socket_readable`, `handle_request`,
+`_keepalive_after` and `enqueue_req`, calls its `finish_request`, and replaces
+gunicorn's `util.write_error` in the worker's process, so setup.cfg pins
+gunicorn's minor version; tests/test_worker.py drives it through a real
+`warden serve`.
 """
 
+import errno
 import gc
 import json
+import os
+import re
 import socket
 import ssl
 from collections.abc import Callable
@@ -29,12 +42,16 @@ from concurrent.futures import Future
 from datetime import datetime
 from functools import cached_property, partial
 
-from gunicorn import util
+from gunicorn import http, util
 from gunicorn.http import wsgi
 from gunicorn.workers import gthread
 
 _PATH = "/v1/authorize"
-_LATER = object()  # handle_request's result when the ledger writer will answer
+_LATER = object()  # handle_request's result when the ledger writer (or a pool job) will answer
+_INLINE_LINE = b"POST /v1/authorize HTTP/1.1\r\n"
+_INLINE_READ = 64 * 1024  # one read; a request that is not whole by then goes to the pool
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,9})[ \t]*\r\n", re.IGNORECASE)
+_NOT_INLINE = re.compile(rb"\r\n(?:transfer-encoding|upgrade|expect)[ \t]*:", re.IGNORECASE)
 
 
 class WardenWorker(gthread.ThreadWorker):
@@ -58,8 +75,46 @@ class WardenWorker(gthread.ThreadWorker):
         """The app's AuthorizeFastPath (create_app installs it), or None."""
         return getattr(self.wsgi, "extensions", {}).get("authorize_fast_path")
 
+    def on_client_socket_readable(self, conn, client):
+        if self._fast_path is None or conn.is_http2 or not conn.initialized or isinstance(conn.sock, ssl.SSLSocket):
+            return super().on_client_socket_readable(conn, client)
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        if _read_whole_authorize(conn):
+            self._serve_inline(conn)
+        else:
+            self.enqueue_req(conn)  # what was read waits in the parser's buffer
+
+    def _serve_inline(self, conn) -> None:
+        """Parse and decide the whole request buffered on `conn`, in the poller thread; gthread's
+        `handle`, minus the blocking socket (the bytes are all here, so nothing waits on the client)."""
+        req = None
+        try:
+            req = next(conn.parser)
+            result = self._handle_authorize(req, conn, inline=True)
+        except (StopIteration, http.errors.NoMoreData):
+            result = False
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                self.log.exception("Socket error processing request.")
+            result = False
+        except Exception as exc:  # noqa: BLE001 - as gthread: a 400/500 for the client, the log for us
+            self.handle_error(req, conn.sock, conn.client, exc)
+            result = False
+        if result is not _LATER:
+            self.finish_request(conn, _Finished(bool(result)))
+
     def handle_request(self, req, conn):
+        return self._handle_authorize(req, conn, inline=False)
+
+    def _handle_authorize(self, req, conn, inline: bool):
+        """gthread's `handle_request`, except for `POST /v1/authorize` when the fast path takes it:
+        then _LATER (the ledger writer answers). `inline`: this is the poller thread, which hands
+        whatever needs Flask to a pool thread (also _LATER)."""
         if req.method != "POST" or req.path != _PATH or self._fast_path is None:
+            if inline:
+                self._in_pool(conn, req, partial(super().handle_request, req, conn))
+                return _LATER
             return super().handle_request(req, conn)
         self.cfg.pre_request(self, req)
         started = datetime.now()
@@ -69,10 +124,28 @@ class WardenWorker(gthread.ThreadWorker):
         if self._fast_path.answer_later(environ, partial(self._answer, conn, req, resp, environ, started),
                                         self._offload):
             return _LATER
-        try:
-            return self._answer_through_flask(req, resp, environ, started)
-        finally:
-            self._post_request(req, environ, resp)
+        if inline:
+            self._in_pool(conn, req, partial(self._answer_through_flask, req, resp, environ, started))
+            return _LATER
+        return self._answer_through_flask(req, resp, environ, started)
+
+    def _in_pool(self, conn, req, answer: Callable[[], bool]) -> None:
+        """Run `answer` (it returns whether the connection stays open) on a pool thread, with gthread's
+        error handling, then give the connection back."""
+        def job():
+            conn.sock.setblocking(True)
+            try:
+                keep_alive = self._keepalive_after(conn, answer())
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                    self.log.exception("Socket error processing request.")
+                keep_alive = False
+            except Exception as exc:  # noqa: BLE001 - as gthread's handle
+                self.handle_error(req, conn.sock, conn.client, exc)
+                keep_alive = False
+            self._give_back(conn, keep_alive)
+
+        self.tpool.submit(job)
 
     def _keepalive_after(self, conn, keepalive):
         # The fast path has read the whole body: there is nothing to drain.
@@ -100,17 +173,21 @@ class WardenWorker(gthread.ThreadWorker):
             resp.force_close()
 
     def _answer_through_flask(self, req, resp, environ: dict, started: datetime) -> bool:
-        """Let the app answer (errors, odd requests); return whether the connection stays open."""
-        body = self.wsgi(environ, resp.start_response)
+        """Let the app answer (errors, odd requests), then run the post_request hook; return whether
+        the connection stays open."""
         try:
-            for chunk in body:
-                resp.write(chunk)
-            resp.close()
+            body = self.wsgi(environ, resp.start_response)
+            try:
+                for chunk in body:
+                    resp.write(chunk)
+                resp.close()
+            finally:
+                self.log.access(resp, req, environ, datetime.now() - started)
+                if hasattr(body, "close"):
+                    body.close()
+            return not resp.should_close()
         finally:
-            self.log.access(resp, req, environ, datetime.now() - started)
-            if hasattr(body, "close"):
-                body.close()
-        return not resp.should_close()
+            self._post_request(req, environ, resp)
 
     def _answer(self, conn, req, resp, environ: dict, started: datetime, status: str, body: bytes) -> None:
         """Write the answer, where possible without blocking, then give the connection back.
@@ -168,6 +245,29 @@ def _json_error(sock, status_int: int, reason: str, mesg: str) -> None:
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
     util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+def _read_whole_authorize(conn) -> bool:
+    """Read what `conn` has sent without waiting, into its parser's buffer; return whether that is
+    one whole `POST /v1/authorize` with a Content-Length body (so parsing it never reads the socket).
+    Conservative: whatever it is unsure of is False, and the pool serves it as gthread would."""
+    unreader = conn.parser.unreader
+    try:
+        data = conn.sock.recv(_INLINE_READ)  # the socket is non-blocking while on the poller
+    except OSError:  # nothing after all, or an error the pool will meet and handle
+        return False
+    if not data:
+        return False  # the client closed: the pool's read finds that too
+    unreader.buf.seek(0, os.SEEK_END)
+    unreader.buf.write(data)
+    buffered = unreader.buf.getvalue()
+    head_end = buffered.find(b"\r\n\r\n")
+    if not buffered.startswith(_INLINE_LINE) or head_end < 0:
+        return False
+    head = buffered[:head_end + 2]
+    lengths = _CONTENT_LENGTH.findall(head)
+    return (len(lengths) == 1 and _NOT_INLINE.search(head) is None
+            and len(buffered) >= head_end + 4 + int(lengths[0]))
 
 
 def _send_now(sock, data: bytes) -> int:

@@ -99,20 +99,68 @@ def test_kept_alive_requests_are_each_answered_after_their_record(served, warden
     assert logged.count(line) == 5
 
 
-def test_pipelined_requests_are_answered_in_order_and_errors_by_flask(served):
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "one-at-a-time"])
+def test_requests_on_one_connection_are_answered_in_order_and_errors_by_flask(served, pipelined):
+    """Pipelined requests are read from the buffer by pool threads; sent one at a time on a kept-alive
+    connection, the poller decides them itself and hands Flask's answers (400, 401) to the pool."""
     port, token = served
     good = json.dumps(ALLOWED).encode()
+    requests = [request_bytes(token, good), request_bytes(token, b"{not json"), request_bytes(None, good),
+                request_bytes(token, good), request_bytes(token, good, "Connection: close")]
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request_bytes(token, good) + request_bytes(token, b"{not json")
-                     + request_bytes(None, good) + request_bytes(token, good)
-                     + request_bytes(token, good, "Connection: close"))
-        answers = read_answers(sock, 5)
+        if pipelined:
+            sock.sendall(b"".join(requests))
+            answers = read_answers(sock, 5)
+        else:
+            answers = []
+            for request in requests:
+                sock.sendall(request)
+                answers += read_answers(sock, 1)
         assert sock.recv(1) == b""  # closed after the answer to `Connection: close`
     assert [status for status, _, _ in answers] == [200, 400, 401, 200, 200]
     assert answers[1][2]["error"]["code"] == "bad_json"
     assert answers[2][2]["error"]["code"] == "unauthorized"
     assert answers[0][2]["audit_seq"] < answers[3][2]["audit_seq"] < answers[4][2]["audit_seq"]
     assert answers[4][1]["connection"] == "close"
+
+
+def test_a_kept_alive_client_is_answered_while_the_only_pool_thread_is_held(
+        warden, load_policy, make_token, database_url, tmp_path):
+    """The poller decides a whole authorize on a kept-alive connection itself, so a client that
+    never finishes its body, holding the one pool thread, does not hold up everyone else."""
+    load_policy(POLICY)
+    token = make_token("authorize")
+    server, port = start(warden, tmp_path, database_url, threads=1)
+    request = request_bytes(token, json.dumps(ALLOWED).encode())
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as kept, \
+                socket.create_connection(("127.0.0.1", port), timeout=5) as stalled:
+            kept.sendall(request)
+            assert read_answers(kept, 1)[0][0] == 200  # a first request goes through the pool
+            stalled.sendall(request[:-5])  # the pool thread now waits for the rest of this body
+            time.sleep(0.3)
+            for _ in range(3):
+                kept.sendall(request)
+                ((status, _, answer),) = read_answers(kept, 1)
+                assert status == 200 and answer["allowed"] is True
+            stalled.sendall(request[-5:])
+            assert read_answers(stalled, 1)[0][0] == 200
+    finally:
+        stop(server)
+
+
+def test_a_request_that_arrives_in_pieces_is_answered(served):
+    """What the poller finds is not yet a whole request: a pool thread reads the rest."""
+    port, token = served
+    request = request_bytes(token, json.dumps(ALLOWED).encode())
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        read_answers(sock, 1)
+        for cut in ((0, 10), (10, 60), (60, len(request) - 3), (len(request) - 3, len(request))):
+            sock.sendall(request[cut[0]:cut[1]])
+            time.sleep(0.1)
+        ((status, _, answer),) = read_answers(sock, 1)
+    assert status == 200 and answer["allowed"] is True
 
 
 def test_concurrent_clients_each_get_their_own_record(served, warden, verify):
@@ -247,11 +295,18 @@ def _concurrently(port: int, token: str, clients: int) -> None:
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # gunicorn's own answers, not the database's
 def test_what_gunicorn_refuses_itself_is_answered_in_warden_json_too(served):
-    port, _ = served
+    port, token = served
+    bad_header = b"POST /v1/authorize HTTP/1.1\r\nHost: w\r\nContent-Length: 2\r\nBad Header: x\r\n\r\n{}"
     for request, status in ((b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: w\r\n\r\n", 414),
-                            (b"GET / HTTP/1.1\r\nHost: w\r\nBad Header\r\n\r\n", 400)):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(request)
-            ((got, headers, body),) = read_answers(sock, 1)
-        assert got == status and headers["content-type"] == "application/json"
-        assert set(body["error"]) == {"code", "message"}
+                            (b"GET / HTTP/1.1\r\nHost: w\r\nBad Header\r\n\r\n", 400),
+                            (bad_header, 400)):
+        for kept_alive in (False, True):  # on a kept-alive connection, the poller parses an authorize
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                if kept_alive:
+                    sock.sendall(request_bytes(token, json.dumps(ALLOWED).encode()))
+                    assert read_answers(sock, 1)[0][0] == 200
+                sock.sendall(request)
+                ((got, headers, body),) = read_answers(sock, 1)
+                assert sock.recv(1) == b""
+            assert got == status and headers["content-type"] == "application/json"
+            assert set(body["error"]) == {"code", "message"}
