@@ -5,11 +5,13 @@ import json
 from datetime import datetime, timezone
 
 GENESIS_HASH = "0" * 64
+# json.dumps with these options builds this encoder on every call; it holds no state between calls.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def canonical_json(value) -> str:
     """Return `value` as canonical JSON: sorted keys, no spaces, UTF-8 text as is."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CANONICAL.encode(value)
 
 
 def record_body(seq: int, kind: str, time: datetime, data: dict, data_json: str | None = None) -> str:

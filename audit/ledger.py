@@ -17,6 +17,9 @@ _records = LedgerRecord.__table__
 _head = LedgerHead.__table__
 
 
+_SERVER_ROW = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 @dataclass(frozen=True)
 class Entry:
     """What a caller wants recorded: a kind (`decision`, `policy.change`, ...) and its data.
@@ -37,9 +40,8 @@ class Entry:
     @cached_property
     def server_row(self) -> str:
         """This entry as one element of the Postgres append's JSON batch (see `_append_on_server`)."""
-        return json.dumps([self.kind, canonical_json(self.kind), self.data_json,
-                           *(self.index.get(name) for name in REPEATED_COLUMNS[1:])],
-                          ensure_ascii=False, separators=(",", ":"))
+        return _SERVER_ROW.encode([self.kind, canonical_json(self.kind), self.data_json,
+                                   *(self.index.get(name) for name in REPEATED_COLUMNS[1:])])
 
 
 class Head(NamedTuple):

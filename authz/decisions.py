@@ -21,6 +21,7 @@ from authz.policy_store import PolicyStore, Snapshot
 from authz.requests import AuthorizeRequest
 
 log = logging.getLogger(__name__)
+_DECIDED = {allowed: DECISIONS.labels(allowed=str(allowed).lower()) for allowed in (True, False)}
 
 
 class ReviewHook(Protocol):
@@ -169,7 +170,7 @@ class DecisionService:
         """The answers of committed decisions (counted in the metrics)."""
         snapshot, decided, entries, opted_out = result
         for _, decision, _ in decided:
-            DECISIONS.labels(allowed=str(decision.allowed).lower()).inc()
+            _DECIDED[decision.allowed].inc()
         return [{"allowed": decision.allowed, "decision_id": decision_id, "audit_seq": record.seq,
                  "policy_version": snapshot.version, "reason": decision.reason,
                  "matched": decision.matched, "review": review}

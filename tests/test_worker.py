@@ -271,6 +271,7 @@ def test_no_pool_thread_waits_for_a_commit(warden, load_policy, make_token, data
     records = re.search(r"^warden_ledger_batch_records_sum (\S+)$", metrics, re.M)
     assert float(records.group(1)) == 6
     assert float(batches.group(1)) < 6  # six decisions, fewer commits
+    assert re.search(r'^warden_decisions_total\{allowed="true"\} 6\.0$', metrics, re.M)  # counted in the worker
 
 
 def _concurrently(port: int, token: str, clients: int) -> None:
