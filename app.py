@@ -38,9 +38,9 @@ class Warden:
     review: object
     scoring: object
 
-    def authenticate(self, token: str | None):
-        """Return the caller a bearer token belongs to, or None."""
-        return self.tokens.check(token)
+    def authenticate(self, token: str | None, memory_only: bool = False):
+        """Return the caller a bearer token belongs to, or None (`memory_only`: see TokenService.check)."""
+        return self.tokens.check(token, memory_only)
 
 
 def scoring_lock_file(app: Flask) -> str:

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from audit.db import READ_ONLY
 from audit.jobs import every
 from audit.ledger import Ledger
+from audit.memory import NotInMemory
 from audit.vault import Subject, Vault
 
 
@@ -35,8 +36,9 @@ class SubjectCache:
         self._state: tuple[int | None, dict[str, tuple[Subject, float]]] = (None, {})
         self._lock = threading.Lock()
 
-    def get(self, identifiers: Iterable[str]) -> tuple[dict[str, Subject], int]:
-        """Return the Subject of each identifier (keys are made for new people) and their epoch."""
+    def get(self, identifiers: Iterable[str], memory_only: bool = False) -> tuple[dict[str, Subject], int]:
+        """Return the Subject of each identifier (keys are made for new people) and their epoch.
+        `memory_only`: raise NotInMemory rather than read (or make) one that is not cached."""
         identifiers = set(identifiers)
         epoch, entries = self._state
         now = time.monotonic()
@@ -49,6 +51,8 @@ class SubjectCache:
                 found[identifier] = hit[0]
             else:
                 return found, epoch
+        if memory_only:
+            raise NotInMemory("a person's key is not cached")
         return self._load(identifiers)
 
     def _load(self, identifiers: set[str]) -> tuple[dict[str, Subject], int]:

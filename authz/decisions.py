@@ -11,6 +11,7 @@ from typing import Protocol
 from audit.db import READ_ONLY
 from audit.group_commit import CommitFailed, GroupCommitter, Waiter
 from audit.ledger import Entry
+from audit.memory import NotInMemory
 from audit.metrics import DECISIONS, UNAUDITED
 from audit.pii import scrub_value
 from audit.randomness import uuid4
@@ -79,17 +80,19 @@ class DecisionService:
         return self._answers(appended, result, self._reviews)
 
     def authorize_later(self, request: AuthorizeRequest, *, service: str, request_id: str,
-                        then: Callable[[dict | None], None], offload: Callable[[Callable[[], None]], object]) -> None:
+                        then: Callable[[dict | None], None], offload: Callable[[Callable[[], None]], object],
+                        memory_only: bool = False) -> None:
         """Decide one request and queue its record without waiting for the commit.
 
         Once the record is committed, `then(answer)` is called in the ledger writer
         thread; `then(None)` if it could not be (deny with 503). When the decision
         opens a review item, which takes a database write, `then` is called from
         `offload(fn)` (a thread pool's submit) instead, so the writer never waits on it.
-        Raises AuditUnavailable, before queuing anything, when the decision cannot be made.
+        Raises AuditUnavailable, before queuing anything, when the decision cannot be made;
+        with `memory_only`, NotInMemory when making it needs the database (nothing was queued).
         """
         later = _Later(self, then, offload, time.monotonic() + self.committer.timeout)
-        self._record([request], service, request_id, None, later)
+        self._record([request], service, request_id, None, later, memory_only)
         self._watch(later)
 
     def _watch(self, later: "_Later") -> None:
@@ -117,7 +120,7 @@ class DecisionService:
                         log.exception("answering a request past its deadline failed")
 
     def _record(self, requests: list[AuthorizeRequest], service: str, request_id: str,
-                stop: Callable[[Decision], bool] | None, outcome) -> None:
+                stop: Callable[[Decision], bool] | None, outcome, memory_only: bool = False) -> None:
         """Decide in this thread and queue the records; the writer tells `outcome` how the commit went."""
         names = {item.request.subject for item in requests}
 
@@ -143,19 +146,21 @@ class DecisionService:
                 self.subjects.forget(unless_epoch=memo["epoch"])
             return decide(memo["policy"], self.vault.subjects(conn, names))
 
-        def decide_fresh(fresh: bool = True):
-            epoch, snapshot = self._policy_view(fresh=fresh)
+        def decide_fresh(fresh: bool = True, memory_only: bool = False):
+            epoch, snapshot = self._policy_view(fresh=fresh, memory_only=memory_only)
             if fresh:
                 self.subjects.forget(unless_epoch=epoch)
-            subjects, subjects_epoch = self.subjects.get(names)
+            subjects, subjects_epoch = self.subjects.get(names, memory_only)
             # When one of them is behind, the epoch matches nothing and the writer sorts it out.
             return (*decide(snapshot, subjects), epoch if subjects_epoch == epoch else -1)
 
         try:
             with self.committer.expecting() as ticket:  # a lingering writer waits for these records
-                entries, result, epoch = decide_fresh(fresh=False)
+                entries, result, epoch = decide_fresh(fresh=False, memory_only=memory_only)
                 self.committer.submit_later(decide_again, outcome, prepared=(entries, result), epoch=epoch,
                                             refresh=decide_fresh, ticket=ticket)
+        except NotInMemory:
+            raise  # nothing was queued: the caller tries again where the database may be waited on
         except Exception as exc:  # a lost key, a closed writer, anything: no record, so no decision
             raise self._unaudited(len(requests), exc) from exc
 
@@ -195,9 +200,11 @@ class DecisionService:
             log.exception("opening review items at decision time failed; the next scoring run will")
             return [None] * len(appended)
 
-    def _policy_view(self, fresh: bool = False) -> tuple[int, Snapshot]:
+    def _policy_view(self, fresh: bool = False, memory_only: bool = False) -> tuple[int, Snapshot]:
         """The cached (epoch, policy); read from the database the first time, or when `fresh`."""
         view = self._view
+        if view is None and memory_only:
+            raise NotInMemory("the policy is not loaded yet")
         if view is None or fresh:
             with self.committer.engine.connect().execution_options(**READ_ONLY) as conn:
                 epoch = self.committer.ledger.epoch(conn)  # first: the policy read next is at least this fresh

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 
 from flask import Flask
 
+from audit.memory import NotInMemory
 from audit.web import bearer_token, decode_json_object
 from authz.api import UNAUDITED_MESSAGE, request_id
 from authz.decisions import AuditUnavailable
@@ -45,19 +46,22 @@ class AuthorizeFastPath:
         return self.wsgi_app(environ, start_response)
 
     def answer_later(self, environ: dict, then: Callable[[str, bytes], None],
-                     offload: Callable[[Callable[[], None]], object]) -> bool:
+                     offload: Callable[[Callable[[], None]], object], memory_only: bool = False) -> bool:
         """Take the request as `__call__` would, but answer without waiting for the commit: queue the
         record and return True; `then(status line, body)` is called once it is committed (in the
         ledger writer thread, or through `offload`; see DecisionService.authorize_later). False: not
-        taken, and nothing was answered (Flask must answer, on this `environ`)."""
-        admitted = self._admit(environ)
+        taken, and nothing was answered (Flask must answer, on this `environ`). `memory_only`: raise
+        NotInMemory, having answered and queued nothing, where deciding would wait on the database
+        (an uncached token or person); the same `environ` can then be taken again without it."""
+        admitted = self._admit(environ, memory_only)
         if admitted is None:
             return False
         caller, item = admitted
         try:
             self.app.extensions["warden"].decisions.authorize_later(
                 item, service=caller.name, request_id=_request_id(environ),
-                then=lambda answer: then(*self._response_or_deny(answer)), offload=offload)
+                then=lambda answer: then(*self._response_or_deny(answer)), offload=offload,
+                memory_only=memory_only)
         except AuditUnavailable:
             then(*self._response(None))
         return True
@@ -75,7 +79,7 @@ class AuthorizeFastPath:
             answer = None
         return self._response(answer)
 
-    def _admit(self, environ: dict) -> tuple | None:
+    def _admit(self, environ: dict, memory_only: bool = False) -> tuple | None:
         """(caller, parsed request) when this path answers the request; None to let Flask answer. Reads
         the body, and leaves it in `environ` for Flask."""
         length = environ.get("CONTENT_LENGTH", "")
@@ -89,10 +93,12 @@ class AuthorizeFastPath:
         environ["wsgi.input"] = io.BytesIO(raw)  # for Flask, should it answer after all
         warden = self.app.extensions["warden"]
         try:
-            caller = warden.authenticate(bearer_token(environ.get("HTTP_AUTHORIZATION", "")))
+            caller = warden.authenticate(bearer_token(environ.get("HTTP_AUTHORIZATION", "")), memory_only)
             if caller is None or "authorize" not in caller.scopes:
                 return None
             return caller, parse_authorize(decode_json_object(raw))
+        except NotInMemory:
+            raise
         except Exception:  # noqa: BLE001 - Flask answers (and logs) anything unexpected, once
             return None
 

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, insert, select, update
 from audit.chain import utcnow
 from audit.db import READ_ONLY
 from audit.ledger import Entry, Ledger
+from audit.memory import NotInMemory
 from authz.models import ServiceToken
 from authz.rules import name_problem
 
@@ -78,14 +79,17 @@ class TokenService:
         self._cache.clear()
         return token
 
-    def check(self, token: str | None) -> Caller | None:
-        """Return the caller `token` belongs to, or None when it is not a valid, live token."""
+    def check(self, token: str | None, memory_only: bool = False) -> Caller | None:
+        """Return the caller `token` belongs to, or None when it is not a valid, live token.
+        `memory_only`: raise NotInMemory rather than look an uncached token up."""
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
         digest = _digest(token)
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        if memory_only:
+            raise NotInMemory("the token is not cached")
         with self.engine.connect().execution_options(**READ_ONLY) as conn:
             row = conn.execute(select(_tokens.c.name, _tokens.c.token_hash, _tokens.c.scopes)
                                .where(_tokens.c.token_hash == digest, _tokens.c.revoked_at.is_(None))).first()

@@ -16,12 +16,13 @@ committer's timeout is a 503 deny (see DecisionService.authorize_later).
 Where the request is decided: when a kept-alive plain-HTTP connection turns
 readable and what it has sent (read without waiting) is one whole
 `POST /v1/authorize` with a Content-Length body, the poller thread parses and
-decides it itself (about 0.1 ms of CPU; the GIL would serialize a pool thread
-doing it anyway), which spares each request two thread wake-ups. The socket
-stays non-blocking meanwhile, so the poller never waits on a client. Anything
-else — a first request, TLS, a request still arriving, another route, or an
-authorize that Flask must answer (a bad token, say) — goes to the pool as on
-gthread.
+decides it itself, from what memory holds (about 0.1 ms of CPU; the GIL would
+serialize a pool thread doing it anyway), which spares each request two thread
+wake-ups. The socket stays non-blocking meanwhile, and nothing there waits on the
+database (NotInMemory), so the poller never waits on a client or a lock. Anything
+else — a first request, TLS, a request still arriving, another route, a token or
+person not cached, or an authorize that Flask must answer (a bad token, say) —
+goes to the pool as on gthread.
 
 This overrides gthread's `on_client_socket_readable`, `handle_request`,
 `_keepalive_after` and `enqueue_req`, calls its `finish_request`, and replaces
@@ -42,6 +43,7 @@ from concurrent.futures import Future
 from datetime import datetime
 from functools import cached_property, partial
 
+from audit.memory import NotInMemory
 from gunicorn import http, util
 from gunicorn.http import wsgi
 from gunicorn.workers import gthread
@@ -121,21 +123,35 @@ class WardenWorker(gthread.ThreadWorker):
         resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
         environ["wsgi.multithread"] = True
         self._count(resp)
-        if self._fast_path.answer_later(environ, partial(self._answer, conn, req, resp, environ, started),
-                                        self._offload):
-            return _LATER
-        if inline:
+        answer = partial(self._later_or_flask, conn, req, resp, environ, started)
+        if not inline:
+            return answer()
+        try:
+            if answer(memory_only=True) is _LATER:
+                return _LATER
+            # Flask answers (an error): on a pool thread, whose socket may block.
             self._in_pool(conn, req, partial(self._answer_through_flask, req, resp, environ, started))
-            return _LATER
-        return self._answer_through_flask(req, resp, environ, started)
+        except NotInMemory:  # an uncached token or person: the pool thread may wait on the database
+            self._in_pool(conn, req, answer)
+        return _LATER
 
-    def _in_pool(self, conn, req, answer: Callable[[], bool]) -> None:
-        """Run `answer` (it returns whether the connection stays open) on a pool thread, with gthread's
-        error handling, then give the connection back."""
+    def _later_or_flask(self, conn, req, resp, environ: dict, started: datetime, memory_only: bool = False):
+        """_LATER when the fast path takes the request (the ledger writer answers), else Flask's answer
+        (whether the connection stays open); with `memory_only`, False instead of Flask's answer."""
+        if self._fast_path.answer_later(environ, partial(self._answer, conn, req, resp, environ, started),
+                                        self._offload, memory_only=memory_only):
+            return _LATER
+        return False if memory_only else self._answer_through_flask(req, resp, environ, started)
+
+    def _in_pool(self, conn, req, answer: Callable[[], object]) -> None:
+        """Run `answer` (it returns whether the connection stays open, or _LATER when the ledger writer
+        will answer) on a pool thread, with gthread's error handling, then give the connection back."""
         def job():
             conn.sock.setblocking(True)
             try:
                 keep_alive = self._keepalive_after(conn, answer())
+                if keep_alive is _LATER:
+                    return
             except OSError as exc:
                 if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
                     self.log.exception("Socket error processing request.")
@@ -208,7 +224,8 @@ class WardenWorker(gthread.ThreadWorker):
 
     def _send_rest(self, conn, req, resp, environ: dict, started: datetime, body_length: int, rest: bytes) -> None:
         try:
-            conn.sock.sendall(rest)  # the socket is in blocking mode while it is off the poller
+            conn.sock.setblocking(True)  # this pool thread may wait for the client: nobody else waits on it
+            conn.sock.sendall(rest)
         except Exception:  # noqa: BLE001 - as in _answer
             body_length = None
         self._written(conn, req, resp, environ, started, body_length)

@@ -6,15 +6,19 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.request
+import uuid
 
 import pytest
 
+from authz.worker import WardenWorker
 from tests.authz.test_api import break_ledger, mend_ledger
 from tests.conftest import free_port, ledger_rows, wait_for_port
 from tests.test_serve import client_context, self_signed
@@ -147,6 +151,53 @@ def test_a_kept_alive_client_is_answered_while_the_only_pool_thread_is_held(
             assert read_answers(stalled, 1)[0][0] == 200
     finally:
         stop(server)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # SQLite's write lock is a wait easily made
+def test_a_decision_that_needs_the_database_waits_on_a_pool_thread_not_the_poller(served, warden):
+    """The poller decides only from what memory holds. A person seen for the first time needs a key
+    made (a database write): while the database is locked, that request waits on a pool thread, and
+    the worker goes on serving everyone else."""
+    port, token = served
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as kept:
+        kept.sendall(request_bytes(token, json.dumps(ALLOWED).encode()))
+        assert read_answers(kept, 1)[0][0] == 200  # the token is cached now
+        lock = sqlite3.connect(warden.engine.url.database, isolation_level=None, timeout=30)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            kept.sendall(request_bytes(token, json.dumps({**ALLOWED, "subject": f"new-{uuid.uuid4().hex}"}).encode()))
+            time.sleep(0.3)
+            started = time.monotonic()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as response:
+                assert response.status == 200
+            assert time.monotonic() - started < 2
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        ((status, _, answer),) = read_answers(kept, 1)
+    assert status == 200 and answer["allowed"] is False and answer["audit_seq"] > 0
+
+
+def test_the_rest_of_an_answer_waits_for_the_client_on_a_socket_left_non_blocking():
+    """A request decided on the poller thread leaves its socket non-blocking; what the first send did
+    not take, a pool thread writes, waiting for the client rather than failing."""
+    server, client = socket.socketpair()
+    server.setblocking(False)
+    rest, received, written = b"x" * 1_000_000, bytearray(), []
+
+    def read_all():
+        while len(received) < len(rest):
+            received.extend(client.recv(65536))
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    worker = types.SimpleNamespace(_written=lambda *args: written.append(args[-1]))
+    try:
+        WardenWorker._send_rest(worker, types.SimpleNamespace(sock=server), None, None, {}, None, 42, rest)
+        reader.join(10)
+    finally:
+        server.close()
+        client.close()
+    assert written == [42] and bytes(received) == rest
 
 
 def test_a_request_that_arrives_in_pieces_is_answered(served):

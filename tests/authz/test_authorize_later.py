@@ -2,7 +2,11 @@
 
 import threading
 
+import pytest
+from prometheus_client import REGISTRY
+
 from audit.ledger import Entry
+from audit.memory import NotInMemory
 from authz.requests import parse_authorize
 from tests.authz.test_api import break_ledger, mend_ledger
 from tests.conftest import ledger_rows
@@ -99,3 +103,38 @@ def test_a_commit_that_hangs_is_answered_503_at_the_deadline_and_only_once(warde
         blocker.close()
     warden.committer.submit(lambda conn, memo: ([Entry("test", {})], None))  # the stuck batch is in by now
     assert answers == [None]  # the late commit did not answer a second time
+
+
+def test_memory_only_refuses_what_needs_the_database_and_queues_nothing(warden, load_policy, make_token):
+    """The worker's poller asks for memory only: a person, the policy or a token not cached yet is
+    NotInMemory, with nothing queued or counted; asked again without it, the decision is made."""
+    load_policy(POLICY)
+    token = make_token("authorize")
+    with pytest.raises(NotInMemory):
+        warden.authenticate(token, memory_only=True)
+    assert "authorize" in warden.authenticate(token).scopes
+    assert warden.authenticate(token, memory_only=True).name == warden.authenticate(token).name
+
+    before = ledger_rows(warden.engine)
+    unaudited = REGISTRY.get_sample_value("warden_decisions_unaudited_total") or 0
+    for body in (ALLOWED, {**ALLOWED, "subject": "somebody-new"}):
+        with pytest.raises(NotInMemory):  # first the policy is not loaded, then the person is not known
+            warden.decisions.authorize_later(parse_authorize(body), service="svc", request_id="r1",
+                                             then=lambda answer: None, offload=None, memory_only=True)
+        later(warden, body)  # without memory_only: decided and recorded, and now cached
+    assert len(ledger_rows(warden.engine)) == len(before) + 2
+    assert (REGISTRY.get_sample_value("warden_decisions_unaudited_total") or 0) == unaudited
+    answer, thread = later_memory_only(warden, {**ALLOWED, "subject": "somebody-new"})
+    assert thread == "warden-ledger-writer" and answer["allowed"] is False
+
+
+def later_memory_only(warden, body: dict) -> tuple[dict | None, str]:
+    done, out = threading.Event(), []
+
+    def then(answer):
+        out.append((answer, threading.current_thread().name))
+        done.set()
+    warden.decisions.authorize_later(parse_authorize(body), service="svc", request_id="r1", then=then,
+                                     offload=None, memory_only=True)
+    assert done.wait(10)
+    return out[0]
