@@ -1,6 +1,6 @@
 """/v1/authorize throughput against a bare endpoint, on the same gunicorn settings, in one run.
 
-    createdb -h 127.0.0.1 -U postgres warden_bench
+    dropdb -h 127.0.0.1 -U postgres --if-exists warden_bench && createdb -h 127.0.0.1 -U postgres warden_bench
     python bench/authorize.py --database-url postgresql+psycopg://postgres@127.0.0.1/warden_bench
 
 Starts `warden serve` on that database and a bare Flask app (bench/bare_app.py:
@@ -133,6 +133,9 @@ def main() -> None:
     warden("policy", "load", "--replace", str(workdir / "policy.csv"), env=env)
     token = warden("token", "create", f"bench-{os.getpid()}", "--scope", "authorize", env=env).stdout.split()[0]
     before = int(json.loads(warden("audit", "verify", "--json", env=env).stdout)["head_seq"])
+    if before:
+        print(f"note: the ledger already holds {before:,} records. Appends cost Postgres more as its indexes "
+              "outgrow its cache, so runs on different ledgers do not compare; an empty database does.")
 
     settings = ["--workers", str(args.workers), "--threads", str(args.threads)]
     # The bare server logs as `warden serve` does: the same access lines, to the same kind of daily files.
