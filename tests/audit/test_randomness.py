@@ -70,3 +70,20 @@ def test_a_child_forked_while_another_thread_draws_does_not_hang():
     finally:
         stop.set()
         drawer.join()
+
+
+def test_decision_ids_are_version_7_uuids_in_time_order():
+    """Time-ordered ids: the unique decision_id index takes each new one at its end (RFC 9562 layout)."""
+    import time
+    import uuid
+
+    from audit.randomness import uuid7
+    before = time.time_ns() // 1_000_000
+    first = [uuid7() for _ in range(5000)]
+    time.sleep(0.002)
+    later = uuid7()
+    after = time.time_ns() // 1_000_000
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in first + [later])
+    assert all(before <= i.int >> 80 <= after for i in first + [later])  # the 48-bit millisecond stamp
+    assert len(set(first)) == len(first) and max(first) < later
+    assert uuid.UUID(str(later)) == later
