@@ -43,10 +43,11 @@ from concurrent.futures import Future
 from datetime import datetime
 from functools import cached_property, partial
 
-from audit.memory import NotInMemory
 from gunicorn import http, util
 from gunicorn.http import wsgi
 from gunicorn.workers import gthread
+
+from audit.memory import NotInMemory
 
 _PATH = "/v1/authorize"
 _LATER = object()  # handle_request's result when the ledger writer (or a pool job) will answer
