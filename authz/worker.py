@@ -24,9 +24,13 @@ else — a first request, TLS, a request still arriving, another route, a token 
 person not cached, or an authorize that Flask must answer (a bad token, say) —
 goes to the pool as on gthread.
 
+A connection the server closes lingers for the client's FIN as on gthread (RFC
+9112 section 9.6), but on the poller's event loop rather than in a blocking read
+there, which held up the whole worker for up to 2 s per such client.
+
 This overrides gthread's `on_client_socket_readable`, `handle_request`,
-`_keepalive_after` and `enqueue_req`, calls its `finish_request`, and replaces
-gunicorn's `util.write_error` in the worker's process, so setup.cfg pins
+`_keepalive_after`, `enqueue_req`, `finish_request` and `murder_keepalived`, and
+replaces gunicorn's `util.write_error` in the worker's process, so setup.cfg pins
 gunicorn's minor version; tests/test_worker.py drives it through a real
 `warden serve`.
 """
@@ -36,8 +40,10 @@ import gc
 import json
 import os
 import re
+import selectors
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
@@ -55,12 +61,14 @@ _INLINE_LINE = b"POST /v1/authorize HTTP/1.1\r\n"
 _INLINE_READ = 64 * 1024  # one read; a request that is not whole by then goes to the pool
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,9})[ \t]*\r\n", re.IGNORECASE)
 _NOT_INLINE = re.compile(rb"\r\n(?:transfer-encoding|upgrade|expect)[ \t]*:", re.IGNORECASE)
+_LINGER_SECONDS, _LINGER_MAX_BYTES, _LINGER_READ = 2.0, 65536, 4096  # as gunicorn's close_graceful
 
 
 class WardenWorker(gthread.ThreadWorker):
     """gthread, with `/v1/authorize` answered by the ledger writer once the record is committed."""
 
     def init_process(self):
+        self._lingering: dict = {}  # closing sockets: [deadline, bytes drained]
         # gunicorn answers what it cannot parse (a request line over its limit, a malformed header)
         # itself, in HTML; in this worker's process those answers are Warden's JSON error shape too.
         util.write_error = _json_error
@@ -241,6 +249,62 @@ class WardenWorker(gthread.ThreadWorker):
             self.log.exception("access log failed")
         self._post_request(req, environ, resp)
         self._give_back(conn, keep_alive=body_length is not None and not resp.should_close())
+
+    def finish_request(self, conn, fs):
+        # As gthread's, except the graceful close: gthread lingers for the client's FIN (up to 2 s) in a
+        # blocking read on this, the poller thread, which stalls every connection of the worker meanwhile.
+        if self._closes(fs):
+            self.nr_conns -= 1
+            self._linger(conn.sock)
+        else:
+            super().finish_request(conn, fs)
+
+    @staticmethod
+    def _closes(fs) -> bool:
+        """Whether gthread's finish_request would close the connection gracefully."""
+        try:
+            return not (fs.result() if not fs.cancelled() else False)
+        except Exception:  # noqa: BLE001 - the request failed: gthread closes at once, and so does it here
+            return False
+
+    def _linger(self, sock) -> None:
+        """gunicorn's `close_graceful` on the poller: shut the write side (the answer is all there is),
+        then read and drop what the client still sends, until it closes or 2 s pass, then close.
+        Closing with unread bytes would send a reset, which can destroy the answer in flight."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            self.poller.register(sock, selectors.EVENT_READ, self._drain)
+        except (OSError, ValueError, KeyError):
+            util.close(sock)
+            return
+        self._lingering[sock] = [time.monotonic() + _LINGER_SECONDS, 0]  # deadline, bytes drained
+
+    def _drain(self, sock) -> None:
+        try:
+            data = sock.recv(_LINGER_READ)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        state = self._lingering[sock]
+        state[1] += len(data)
+        if not data or state[1] >= _LINGER_MAX_BYTES:
+            self._end_linger(sock)
+
+    def _end_linger(self, sock) -> None:
+        del self._lingering[sock]
+        try:
+            self.poller.unregister(sock)
+        except (OSError, ValueError, KeyError):
+            pass
+        util.close(sock)
+
+    def murder_keepalived(self, force=False):
+        super().murder_keepalived(force)
+        now = time.monotonic()
+        for sock in [sock for sock, (deadline, _) in self._lingering.items() if force or deadline <= now]:
+            self._end_linger(sock)
 
     def _give_back(self, conn, keep_alive: bool) -> None:
         """Hand the connection to the poller thread: back on the poller (keep-alive) or closed."""

@@ -200,6 +200,37 @@ def test_the_rest_of_an_answer_waits_for_the_client_on_a_socket_left_non_blockin
     assert written == [42] and bytes(received) == rest
 
 
+def test_a_client_that_does_not_close_its_side_holds_up_nobody(served):
+    """A connection the server closes lingers (RFC 9112 9.6: the client's unread bytes must not turn
+    the close into a reset that loses the answer), but on the poller, not in a thread that waits:
+    kept-alive clients are answered meanwhile, and the closed-on client gets its whole answer."""
+    port, token = served
+    good = json.dumps(ALLOWED).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as kept:
+        kept.sendall(request_bytes(token, good))
+        assert read_answers(kept, 1)[0][0] == 200
+        lingering = []
+        try:
+            for _ in range(3):  # each answered, then closed by the server; the client says nothing more
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                lingering.append(sock)
+                sock.sendall(request_bytes(token, good, "Connection: close") + b"unread bytes after it")
+            waits = []
+            for _ in range(5):
+                started = time.monotonic()
+                kept.sendall(request_bytes(token, good))
+                assert read_answers(kept, 1)[0][0] == 200
+                waits.append(time.monotonic() - started)
+            assert max(waits) < 0.5, waits
+            for sock in lingering:
+                ((status, headers, _),) = read_answers(sock, 1)
+                assert status == 200 and headers["connection"] == "close"
+                assert sock.recv(1) == b""  # the server's side is shut: the answer was all
+        finally:
+            for sock in lingering:
+                sock.close()
+
+
 def test_a_request_that_arrives_in_pieces_is_answered(served):
     """What the poller finds is not yet a whole request: a pool thread reads the rest."""
     port, token = served
