@@ -121,7 +121,8 @@ class DecisionService:
 
     def _record(self, requests: list[AuthorizeRequest], service: str, request_id: str,
                 stop: Callable[[Decision], bool] | None, outcome, memory_only: bool = False) -> None:
-        """Decide in this thread and queue the records; the writer tells `outcome` how the commit went."""
+        """Decide in this thread and queue the records; the writer tells `outcome` how the commit went.
+        `memory_only`: raise NotInMemory, queuing nothing, where deciding needs the database."""
         names = {item.request.subject for item in requests}
 
         def decide(snapshot: Snapshot, subjects: dict):
@@ -201,7 +202,8 @@ class DecisionService:
             return [None] * len(appended)
 
     def _policy_view(self, fresh: bool = False, memory_only: bool = False) -> tuple[int, Snapshot]:
-        """The cached (epoch, policy); read from the database the first time, or when `fresh`."""
+        """The cached (epoch, policy); read from the database the first time, or when `fresh`
+        (`memory_only`: NotInMemory instead of the first read)."""
         view = self._view
         if view is None and memory_only:
             raise NotInMemory("the policy is not loaded yet")

@@ -52,7 +52,7 @@ class AuthorizeFastPath:
         ledger writer thread, or through `offload`; see DecisionService.authorize_later). False: not
         taken, and nothing was answered (Flask must answer, on this `environ`). `memory_only`: raise
         NotInMemory, having answered and queued nothing, where deciding would wait on the database
-        (an uncached token or person); the same `environ` can then be taken again without it."""
+        (an uncached token, person or policy); the same `environ` can then be taken again without it."""
         admitted = self._admit(environ, memory_only)
         if admitted is None:
             return False
@@ -81,7 +81,8 @@ class AuthorizeFastPath:
 
     def _admit(self, environ: dict, memory_only: bool = False) -> tuple | None:
         """(caller, parsed request) when this path answers the request; None to let Flask answer. Reads
-        the body, and leaves it in `environ` for Flask."""
+        the body, and leaves it in `environ` for Flask (or a second try). `memory_only`: an uncached
+        token raises NotInMemory."""
         length = environ.get("CONTENT_LENGTH", "")
         if (self.app.debug or self.app.json.compact is False  # Flask would indent its JSON
                 or environ.get("QUERY_STRING")  # authorize takes none: Flask's gate judges the URL
