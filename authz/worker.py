@@ -18,12 +18,11 @@ readable and what it has sent (read without waiting) is one whole
 `POST /v1/authorize` with a Content-Length body, the poller thread parses and
 decides it itself, from what memory holds (about 0.1 ms of CPU in a loop, 0.2 ms
 under load; the GIL would serialize a pool thread doing it anyway), which spares
-each request two thread wake-ups. The socket stays non-blocking meanwhile, and nothing there waits on the
-database (NotInMemory), so the poller never waits on a client or a lock. Anything
-else — a first request, TLS, a request still arriving, another route, a token,
-person or policy not cached, or an authorize that Flask must answer (a bad token,
-say) —
-goes to the pool as on gthread.
+each request two thread wake-ups. The socket stays non-blocking meanwhile, and
+nothing there waits on the database (NotInMemory), so the poller never waits on a
+client or a lock. Anything else — a first request, TLS, a request still arriving,
+another route, a token, person or policy not cached, or an authorize that Flask
+must answer (a bad token, say) — goes to the pool as on gthread.
 
 A connection the server closes lingers for the client's FIN as on gthread (RFC
 9112 section 9.6), but on the poller's event loop rather than in a blocking read
@@ -103,18 +102,22 @@ class WardenWorker(gthread.ThreadWorker):
         req = None
         try:
             req = next(conn.parser)
-            result = self._handle_authorize(req, conn, inline=True)
-        except (StopIteration, http.errors.NoMoreData):
-            result = False
-        except OSError as exc:
+            if self._handle_authorize(req, conn, inline=True) is _LATER:
+                return
+        except Exception as exc:  # noqa: BLE001 - as gthread: a 400/500 for the client, the log for us
+            self._failed(conn, req, exc)
+        self.finish_request(conn, _Finished(False))
+
+    def _failed(self, conn, req, exc: Exception) -> None:
+        """gthread's `handle` on an error while serving `req` (which then closes the connection):
+        nothing for a client gone, the log for a socket error, else a 400 or 500 answer and the log."""
+        if isinstance(exc, (StopIteration, http.errors.NoMoreData)):
+            return
+        if isinstance(exc, OSError):
             if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
                 self.log.exception("Socket error processing request.")
-            result = False
-        except Exception as exc:  # noqa: BLE001 - as gthread: a 400/500 for the client, the log for us
-            self.handle_error(req, conn.sock, conn.client, exc)
-            result = False
-        if result is not _LATER:
-            self.finish_request(conn, _Finished(bool(result)))
+            return
+        self.handle_error(req, conn.sock, conn.client, exc)
 
     def handle_request(self, req, conn):
         return self._handle_authorize(req, conn, inline=False)
@@ -141,7 +144,7 @@ class WardenWorker(gthread.ThreadWorker):
                 return _LATER
             # Flask answers (an error): on a pool thread, whose socket may block.
             self._in_pool(conn, req, partial(self._answer_through_flask, req, resp, environ, started))
-        except NotInMemory:  # an uncached token or person: the pool thread may wait on the database
+        except NotInMemory:  # an uncached token, person or policy: a pool thread may wait on the database
             self._in_pool(conn, req, answer)
         return _LATER
 
@@ -163,12 +166,8 @@ class WardenWorker(gthread.ThreadWorker):
                 keep_alive = self._keepalive_after(conn, answer())
                 if keep_alive is _LATER:
                     return
-            except OSError as exc:
-                if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
-                    self.log.exception("Socket error processing request.")
-                keep_alive = False
             except Exception as exc:  # noqa: BLE001 - as gthread's handle
-                self.handle_error(req, conn.sock, conn.client, exc)
+                self._failed(conn, req, exc)
                 keep_alive = False
             self._give_back(conn, keep_alive)
 
