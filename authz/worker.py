@@ -14,15 +14,17 @@ poller, so a client's next request is read only once this answer is out
 committer's timeout is a 503 deny (see DecisionService.authorize_later).
 
 Where the request is decided: when a kept-alive plain-HTTP connection turns
-readable and what it has sent (read without waiting) is one whole
-`POST /v1/authorize` with a Content-Length body, the poller thread parses and
-decides it itself, from what memory holds (about 0.1 ms of CPU in a loop, 0.2 ms
-under load; the GIL would serialize a pool thread doing it anyway), which spares
-each request two thread wake-ups. The socket stays non-blocking meanwhile, and
-nothing there waits on the database (NotInMemory), so the poller never waits on a
-client or a lock. Anything else — a first request, TLS, a request still arriving,
-another route, a token, person or policy not cached, or an authorize that Flask
-must answer (a bad token, say) — goes to the pool as on gthread.
+readable and what it has sent (read without waiting) is one whole plain
+`POST /v1/authorize` (authz/inline_http.py: a narrow parser that takes the
+common shape, with gunicorn's limits and results, and leaves anything else to
+gunicorn), the poller thread decides it itself, from what memory holds, with
+neither gunicorn's Request and Response nor a full WSGI environ, which spares
+each request two thread wake-ups and about a third of its CPU. The socket stays
+non-blocking meanwhile, and nothing there waits on the database (NotInMemory),
+so the poller never waits on a client or a lock. Anything else — a first
+request, TLS, a request still arriving, another route, a header the narrow
+parser leaves alone, a token, person or policy not cached, or an authorize that
+Flask must answer (a bad token, say) — goes to the pool as on gthread.
 
 A connection the server closes lingers for the client's FIN as on gthread (RFC
 9112 section 9.6), but on the poller's event loop rather than in a blocking read
@@ -37,9 +39,9 @@ gunicorn's minor version; tests/test_worker.py drives it through a real
 
 import errno
 import gc
+import io
 import json
 import os
-import re
 import selectors
 import socket
 import ssl
@@ -49,18 +51,16 @@ from concurrent.futures import Future
 from datetime import datetime
 from functools import cached_property, partial
 
-from gunicorn import http, util
+from gunicorn import SERVER, http, util
 from gunicorn.http import wsgi
 from gunicorn.workers import gthread
 
 from audit.memory import NotInMemory
+from authz.inline_http import REQUEST_LINE, InlineParser, InlineRequest
 
 _PATH = "/v1/authorize"
 _LATER = object()  # handle_request's result when the ledger writer (or a pool job) will answer
-_INLINE_LINE = b"POST /v1/authorize HTTP/1.1\r\n"
 _INLINE_READ = 64 * 1024  # one read; a request that is not whole by then goes to the pool
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,9})[ \t]*\r\n", re.IGNORECASE)
-_NOT_INLINE = re.compile(rb"\r\n(?:transfer-encoding|upgrade|expect)[ \t]*:", re.IGNORECASE)
 _LINGER_SECONDS, _LINGER_MAX_BYTES, _LINGER_READ = 2.0, 65536, 4096  # as gunicorn's close_graceful
 
 
@@ -86,27 +86,52 @@ class WardenWorker(gthread.ThreadWorker):
         """The app's AuthorizeFastPath (create_app installs it), or None."""
         return getattr(self.wsgi, "extensions", {}).get("authorize_fast_path")
 
+    @cached_property
+    def _inline_parser(self) -> InlineParser | None:
+        """The parser of requests decided on the poller, or None where this worker decides none there:
+        no fast path, or settings under which gunicorn's parse means more (a proxy protocol header,
+        a SCRIPT_NAME prefix, a request-line limit shorter than the request line)."""
+        cfg = self.cfg
+        if (self._fast_path is None or cfg.proxy_protocol != "off" or os.environ.get("SCRIPT_NAME")
+                or 0 < cfg.limit_request_line < len(REQUEST_LINE)):
+            return None
+        return InlineParser(cfg.limit_request_fields, cfg.limit_request_field_size, cfg.secure_scheme_headers)
+
     def on_client_socket_readable(self, conn, client):
-        if self._fast_path is None or conn.is_http2 or not conn.initialized or isinstance(conn.sock, ssl.SSLSocket):
+        if (self._inline_parser is None or conn.is_http2 or not conn.initialized
+                or isinstance(conn.sock, ssl.SSLSocket)):
             return super().on_client_socket_readable(conn, client)
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
-        if _read_whole_authorize(conn):
-            self._serve_inline(conn)
-        else:
-            self.enqueue_req(conn)  # what was read waits in the parser's buffer
+        request = self._inline_parser.parse(_read_now(conn))
+        if request is None or not self._serve_inline(conn, request):
+            self.enqueue_req(conn)  # gunicorn parses what was read (it waits in the parser's buffer) on the pool
 
-    def _serve_inline(self, conn) -> None:
-        """Parse and decide the whole request buffered on `conn`, in the poller thread; gthread's
-        `handle`, minus the blocking socket (the bytes are all here, so nothing waits on the client)."""
-        req = None
+    def _serve_inline(self, conn, request: InlineRequest) -> bool:
+        """Decide `request` (whole in the parser's buffer) on the poller thread, from memory, and queue
+        its record: True. False: the fast path did not take it, and the buffer is as it was."""
+        self.cfg.pre_request(self, request)  # gunicorn's default hook logs a debug line (twice if False)
+        started = datetime.now()
+        environ = request.environ(conn.client)
+        resp = _InlineResponse(request)
+        self._count(resp)
         try:
-            req = next(conn.parser)
-            if self._handle_authorize(req, conn, inline=True) is _LATER:
-                return
-        except Exception as exc:  # noqa: BLE001 - as gthread: a 400/500 for the client, the log for us
-            self._failed(conn, req, exc)
-        self.finish_request(conn, _Finished(False))
+            taken = self._fast_path.answer_later(environ, partial(self._answer, conn, request, resp, environ, started),
+                                                 self._offload, memory_only=True)
+        except NotInMemory:  # an uncached token, person or policy: a pool thread may wait on the database
+            taken = False
+        except Exception as exc:  # noqa: BLE001 - as gthread: a 500 for the client, the log for us
+            self._failed(conn, request, exc)
+            self.finish_request(conn, _Finished(False))
+            return True
+        if not taken:
+            self.nr -= 1  # the pool's parse counts the request again
+            return False
+        # The answer cannot be given back before this returns: finish_request runs on this thread.
+        conn.parser.req_count += 1
+        unreader = conn.parser.unreader
+        unreader.buf = io.BytesIO(unreader.buf.getvalue()[request.length:])
+        return True
 
     def _failed(self, conn, req, exc: Exception) -> None:
         """gthread's `handle` on an error while serving `req` (which then closes the connection):
@@ -120,58 +145,19 @@ class WardenWorker(gthread.ThreadWorker):
         self.handle_error(req, conn.sock, conn.client, exc)
 
     def handle_request(self, req, conn):
-        return self._handle_authorize(req, conn, inline=False)
-
-    def _handle_authorize(self, req, conn, inline: bool):
-        """gthread's `handle_request`, except for `POST /v1/authorize` when the fast path takes it:
-        then _LATER (the ledger writer answers). `inline`: this is the poller thread, which hands
-        whatever needs Flask to a pool thread (also _LATER)."""
+        """gthread's, except for `POST /v1/authorize` when the fast path takes it: then _LATER (the
+        ledger writer answers)."""
         if req.method != "POST" or req.path != _PATH or self._fast_path is None:
-            if inline:
-                self._in_pool(conn, req, partial(super().handle_request, req, conn))
-                return _LATER
             return super().handle_request(req, conn)
         self.cfg.pre_request(self, req)
         started = datetime.now()
         resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
         environ["wsgi.multithread"] = True
         self._count(resp)
-        answer = partial(self._later_or_flask, conn, req, resp, environ, started)
-        if not inline:
-            return answer()
-        try:
-            if answer(memory_only=True) is _LATER:
-                return _LATER
-            # Flask answers (an error): on a pool thread, whose socket may block.
-            self._in_pool(conn, req, partial(self._answer_through_flask, req, resp, environ, started))
-        except NotInMemory:  # an uncached token, person or policy: a pool thread may wait on the database
-            self._in_pool(conn, req, answer)
-        return _LATER
-
-    def _later_or_flask(self, conn, req, resp, environ: dict, started: datetime, memory_only: bool = False):
-        """_LATER when the fast path takes the request (the ledger writer answers), else Flask's answer
-        (whether the connection stays open); with `memory_only`, False instead of Flask's answer, and
-        NotInMemory (nothing answered or queued) where deciding would wait on the database."""
         if self._fast_path.answer_later(environ, partial(self._answer, conn, req, resp, environ, started),
-                                        self._offload, memory_only=memory_only):
+                                        self._offload):
             return _LATER
-        return False if memory_only else self._answer_through_flask(req, resp, environ, started)
-
-    def _in_pool(self, conn, req, answer: Callable[[], object]) -> None:
-        """Run `answer` (it returns whether the connection stays open, or _LATER when the ledger writer
-        will answer) on a pool thread, with gthread's error handling, then give the connection back."""
-        def job():
-            conn.sock.setblocking(True)
-            try:
-                keep_alive = self._keepalive_after(conn, answer())
-                if keep_alive is _LATER:
-                    return
-            except Exception as exc:  # noqa: BLE001 - as gthread's handle
-                self._failed(conn, req, exc)
-                keep_alive = False
-            self._give_back(conn, keep_alive)
-
-        self.tpool.submit(job)
+        return self._answer_through_flask(req, resp, environ, started)
 
     def _keepalive_after(self, conn, keepalive):
         # The fast path has read the whole body: there is nothing to drain.
@@ -331,27 +317,19 @@ def _json_error(sock, status_int: int, reason: str, mesg: str) -> None:
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
-def _read_whole_authorize(conn) -> bool:
-    """Read what `conn` has sent without waiting, into its parser's buffer; return whether that is
-    one whole `POST /v1/authorize` with a Content-Length body (so parsing it never reads the socket).
-    Conservative: whatever it is unsure of is False, and the pool serves it as gthread would."""
-    unreader = conn.parser.unreader
+def _read_now(conn) -> bytes:
+    """Append what `conn` has sent to its parser's buffer, without waiting; return the whole buffer
+    (empty when the client closed or the read failed: the pool's read meets that too)."""
     try:
         data = conn.sock.recv(_INLINE_READ)  # the socket is non-blocking while on the poller
-    except OSError:  # nothing after all, or an error the pool will meet and handle
-        return False
+    except OSError:
+        return b""
     if not data:
-        return False  # the client closed: the pool's read finds that too
+        return b""
+    unreader = conn.parser.unreader
     unreader.buf.seek(0, os.SEEK_END)
     unreader.buf.write(data)
-    buffered = unreader.buf.getvalue()
-    head_end = buffered.find(b"\r\n\r\n")
-    if not buffered.startswith(_INLINE_LINE) or head_end < 0:
-        return False
-    head = buffered[:head_end + 2]
-    lengths = _CONTENT_LENGTH.findall(head)
-    return (len(lengths) == 1 and _NOT_INLINE.search(head) is None
-            and len(buffered) >= head_end + 4 + int(lengths[0]))
+    return unreader.buf.getvalue()
 
 
 def _send_now(sock, data: bytes) -> int:
@@ -384,3 +362,40 @@ class _Finished:
 
     def result(self) -> bool:
         return self.keep_alive
+
+
+class _InlineResponse:
+    """What `_answer`, `_written` and the access log read of gunicorn's Response, for a request
+    decided on the poller: the status, headers and bytes sent, and the head gunicorn would write."""
+
+    __slots__ = ("req", "status", "headers", "sent", "headers_sent", "must_close")
+
+    def __init__(self, req: InlineRequest):
+        self.req = req
+        self.status, self.headers, self.sent, self.headers_sent, self.must_close = None, [], 0, False, False
+
+    def force_close(self) -> None:
+        self.must_close = True
+
+    def should_close(self) -> bool:
+        # gunicorn's Response.should_close for an answer with a Content-Length.
+        return self.must_close or self.req.should_close()
+
+    def start_response(self, status: str, headers: list[tuple[str, str]]) -> None:
+        self.status, self.headers = status, headers
+
+    def default_headers(self) -> list[str]:
+        return [f"HTTP/1.1 {self.status}\r\n", f"Server: {SERVER}\r\n", f"Date: {_http_date()}\r\n",
+                f"Connection: {'close' if self.should_close() else 'keep-alive'}\r\n"]
+
+
+_date = (0, "")  # (second, its HTTP date): the Date header changes once a second
+
+
+def _http_date() -> str:
+    """gunicorn's `util.http_date()`, formatted once a second."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, util.http_date(now))
+    return _date[1]

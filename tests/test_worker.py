@@ -245,6 +245,52 @@ def test_a_request_that_arrives_in_pieces_is_answered(served):
     assert status == 200 and answer["allowed"] is True
 
 
+def read_head(sock: socket.socket) -> list[str]:
+    """The status line and header lines of one answer (its body read and dropped)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(1)
+    lines = data.decode("latin-1").split("\r\n")[:-2]
+    length = int(next(line.split(":")[1] for line in lines if line.lower().startswith("content-length")))
+    while length:
+        length -= len(sock.recv(length))
+    return lines
+
+
+def test_the_poller_writes_the_head_gunicorn_writes(served):
+    """A connection's first request is parsed by gunicorn on a pool thread, the next ones by the poller's
+    narrow parser: the answers' heads are the same, but for the date."""
+    port, token = served
+    request = request_bytes(token, json.dumps(ALLOWED).encode(), "X-Request-Id: same")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        heads = []
+        for _ in range(2):
+            sock.sendall(request)
+            heads.append([line for line in read_head(sock) if not line.startswith("Date: ")])
+        sock.sendall(request_bytes(token, json.dumps(ALLOWED).encode(), "Connection: close"))
+        closing = read_head(sock)
+        assert sock.recv(1) == b""
+    assert heads[0] == heads[1]
+    assert heads[0][:2] == ["HTTP/1.1 200 OK", "Server: gunicorn"] and "Connection: keep-alive" in heads[0]
+    assert "Connection: close" in closing
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # parsing, not the database
+def test_a_request_the_narrow_parser_leaves_alone_is_answered_by_gunicorns(served):
+    port, token = served
+    body = json.dumps(ALLOWED).encode()
+    odd = [request_bytes(token, body, "X_Under: dropped"), request_bytes(token, body, "X-Latin: caf\xe9"),
+           request_bytes(token, body, "X-Forwarded-Proto: https"), request_bytes(token, body, "X-Folded: a", " b")]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request_bytes(token, body))
+        read_answers(sock, 1)
+        statuses = []
+        for request in odd:
+            sock.sendall(request)
+            statuses += [status for status, _, _ in read_answers(sock, 1)]
+    assert statuses == [200, 200, 200, 400]  # gunicorn refuses obsolete line folding
+
+
 def test_concurrent_clients_each_get_their_own_record(served, warden, verify):
     port, token = served
     seqs, failures = [], []
