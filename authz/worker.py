@@ -99,23 +99,27 @@ class WardenWorker(gthread.ThreadWorker):
 
     def on_client_socket_readable(self, conn, client):
         if (self._inline_parser is None or conn.is_http2 or not conn.initialized
-                or isinstance(conn.sock, ssl.SSLSocket)):
+                or isinstance(conn.sock, ssl.SSLSocket) or not isinstance(conn.client, tuple)):
             return super().on_client_socket_readable(conn, client)
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
-        request = self._inline_parser.parse(_read_now(conn))
+        try:
+            request = self._inline_parser.parse(_read_now(conn))
+        except Exception:  # noqa: BLE001 - a parser bug must not stop the worker: gunicorn's parser judges
+            self.log.exception("inline parse failed")
+            request = None
         if request is None or not self._serve_inline(conn, request):
             self.enqueue_req(conn)  # gunicorn parses what was read (it waits in the parser's buffer) on the pool
 
     def _serve_inline(self, conn, request: InlineRequest) -> bool:
         """Decide `request` (whole in the parser's buffer) on the poller thread, from memory, and queue
         its record: True. False: the fast path did not take it, and the buffer is as it was."""
-        self.cfg.pre_request(self, request)  # gunicorn's default hook logs a debug line (twice if False)
         started = datetime.now()
-        environ = request.environ(conn.client)
         resp = _InlineResponse(request)
         self._count(resp)
         try:
+            self.cfg.pre_request(self, request)  # gunicorn's default hook logs a debug line (twice if False)
+            environ = request.environ(conn.client)
             taken = self._fast_path.answer_later(environ, partial(self._answer, conn, request, resp, environ, started),
                                                  self._offload, memory_only=True)
         except NotInMemory:  # an uncached token, person or policy: a pool thread may wait on the database
@@ -395,7 +399,7 @@ _date = (0, "")  # (second, its HTTP date): the Date header changes once a secon
 def _http_date() -> str:
     """gunicorn's `util.http_date()`, formatted once a second."""
     global _date
-    now = int(time.time())
-    if _date[0] != now:
-        _date = (now, util.http_date(now))
-    return _date[1]
+    now, date = int(time.time()), _date
+    if date[0] != now:
+        date = _date = (now, util.http_date(now))
+    return date[1]

@@ -3,19 +3,20 @@
     dropdb -h 127.0.0.1 -U postgres --if-exists warden_bench && createdb -h 127.0.0.1 -U postgres warden_bench
     python bench/authorize.py --database-url postgresql+psycopg://postgres@127.0.0.1/warden_bench
 
-Starts `warden serve` on that database and a bare Flask app (bench/bare_app.py:
-parse the JSON, answer, write nothing) on the same gunicorn worker class as Warden's
-(authz/worker.py: for an app without Warden's fast path it is gthread with the
-garbage collector's start-up freeze and the event-loop linger on close), the same
-workers, threads and logging, loads
-each with wrk (Debian's `wrk`) for the same time and connections, and prints
-both request rates and their ratio, with what each request cost: CPU in the
-workers and in Postgres, and the workers' context switches (read from /proc;
-where the time goes, since both servers saturate the cores). The two alternate for `--rounds` rounds
-(this machine is noisy) and the median ratio is the result. A run in which one
-worker accepted every connection is measured again, for either server. Every authorize
-answer is a committed ledger record (synchronous_commit stays on); the ledger
-is verified at the end.
+Starts `warden serve` on that database and two bare apps (bench/bare_app.py: parse
+the JSON, answer, write nothing) on the same gunicorn worker class as Warden's
+(authz/worker.py), the same workers, threads and logging: "bare" answers in Flask,
+as a service's plain endpoint would (the worker is then gthread with the garbage
+collector's start-up freeze and the event-loop linger on close); "bare-inline"
+answers on the worker's inline path as Warden's authorize is answered, minus the
+token, decision and record. It loads each with wrk (Debian's `wrk`) for the same
+time and connections, and prints the request rates and the ratios of authorize to
+each, with what each request cost: CPU in the workers and in Postgres, and the
+workers' context switches (read from /proc; where the time goes, since the servers
+saturate the cores). They alternate for `--rounds` rounds (this machine is noisy)
+and the median ratio is the result. A run in which one worker accepted every
+connection is measured again, for any server. Every authorize answer is a committed
+ledger record (synchronous_commit stays on); the ledger is verified at the end.
 """
 
 import argparse
@@ -142,11 +143,12 @@ def main() -> None:
     settings = ["--workers", str(args.workers), "--threads", str(args.threads)]
     # The bare server logs as `warden serve` does: the same access lines, to the same kind of daily files.
     (workdir / "bare-logging.json").write_text(json.dumps(log_config(str(workdir / "bare-logs"))))
+    bare = [sys.executable, "-m", "gunicorn", "--worker-class", "authz.worker.WardenWorker", *settings,
+            "--bind", f"127.0.0.1:{args.port}", "--access-logfile", "-",
+            "--access-logformat", ACCESS_LOG_FORMAT, "--log-config-json", str(workdir / "bare-logging.json")]
     servers = {
-        "bare": [sys.executable, "-m", "gunicorn", "--worker-class", "authz.worker.WardenWorker", *settings,
-                 "--bind", f"127.0.0.1:{args.port}", "--access-logfile", "-",
-                 "--access-logformat", ACCESS_LOG_FORMAT, "--log-config-json", str(workdir / "bare-logging.json"),
-                 "bench.bare_app:create_app()"],
+        "bare": [*bare, "bench.bare_app:create_app()"],
+        "bare-inline": [*bare, "bench.bare_app:create_app(inline=True)"],
         "authorize": [sys.executable, "-c", "import app; app.main()", "serve", *settings, "--port", str(args.port)],
     }
     print(f"settings: {args.workers} workers x {args.threads} threads, {args.connections} connections, "
@@ -155,18 +157,23 @@ def main() -> None:
     for number in range(1, args.rounds + 1):
         rates = {name: measure(name, command, env, token, args) for name, command in servers.items()}
         rounds.append(rates)
-        print(f"round {number}: bare {rates['bare']['rate']:>7.0f} req/s   authorize {rates['authorize']['rate']:>7.0f} "
-              f"req/s (non-2xx: {rates['authorize']['non_2xx']})   ratio {ratio(rates):.2f}", flush=True)
-        print("         per request: " + "   ".join(
-            f"{name} {r['worker_us']:.0f} µs CPU in workers, {r['postgres_us']:.0f} µs in Postgres, "
+        print(f"round {number}: bare {rates['bare']['rate']:>7.0f} req/s   bare-inline {rates['bare-inline']['rate']:>7.0f} "
+              f"req/s   authorize {rates['authorize']['rate']:>7.0f} req/s (non-2xx: {rates['authorize']['non_2xx']})   "
+              f"ratio {ratio(rates):.2f}, to bare-inline {ratio(rates, 'bare-inline'):.2f}", flush=True)
+        print("         per request: " + "\n                      ".join(
+            f"{name:<11} {r['worker_us']:.0f} µs CPU in workers, {r['postgres_us']:.0f} µs in Postgres, "
             f"{r['switches']:.1f} context switches" for name, r in rates.items()), flush=True)
 
     report = json.loads(subprocess.run([sys.executable, "-c", "import app; app.main()", "audit", "verify",
                                         "--json"], env=env, capture_output=True, text=True).stdout)
     median = sorted(rounds, key=ratio)[len(rounds) // 2]
-    print(f"bare endpoint (parse JSON, write nothing): {median['bare']['rate']:>9.0f} req/s")
-    print(f"/v1/authorize (decide + durable record):   {median['authorize']['rate']:>9.0f} req/s")
+    print(f"bare endpoint (parse JSON, write nothing):      {median['bare']['rate']:>9.0f} req/s")
+    print(f"/v1/authorize (decide + durable record):        {median['authorize']['rate']:>9.0f} req/s")
     print(f"ratio authorize/bare (median of {len(rounds)}): {ratio(median):.2f}")
+    strict = sorted(rounds, key=lambda rates: ratio(rates, "bare-inline"))[len(rounds) // 2]
+    print(f"ratio authorize/bare-inline (the bare endpoint on Warden's inline path; median of {len(rounds)}): "
+          f"{ratio(strict, 'bare-inline'):.2f} ({strict['bare-inline']['rate']:.0f} and "
+          f"{strict['authorize']['rate']:.0f} req/s)")
     print(f"ledger: {report['head_seq'] - before} records appended during the runs, verify ok={report['ok']}")
 
 
@@ -175,8 +182,8 @@ def head_seq(env: dict) -> int:
     return int(json.loads(warden("audit", "verify", "--json", env=env).stdout)["head_seq"])
 
 
-def ratio(rates: dict) -> float:
-    return rates["authorize"]["rate"] / rates["bare"]["rate"]
+def ratio(rates: dict, baseline: str = "bare") -> float:
+    return rates["authorize"]["rate"] / rates[baseline]["rate"]
 
 
 def measure(name: str, command: list[str], env: dict, token: str, args, tries: int = 4) -> dict:

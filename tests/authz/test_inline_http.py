@@ -1,5 +1,7 @@
 """The poller's narrow authorize parser against gunicorn's: whatever it takes, it reads as gunicorn does."""
 
+import time
+
 import pytest
 from gunicorn.config import Config
 from gunicorn.http import wsgi
@@ -136,3 +138,19 @@ def test_plain_requests_are_all_taken(fields):
 def test_the_first_connection_field_decides_whether_it_closes_as_in_gunicorn(fields):
     raw = request("Host: w", *fields)
     assert narrow(config()).parse(raw).should_close() == gunicorn_reads(config(), raw)[0].should_close()
+
+
+def test_hostile_heads_are_declined_quickly_and_never_raise():
+    parser = narrow(config())
+    assert parser.parse(request("Content-Length: " + "0" * 5000, length=False)) is None  # int() refuses 4301 digits
+    assert parser.parse(request("Content-Length: 1000000000", length=False)) is None  # ten digits: no 1 GB body
+    started = time.perf_counter()
+    for line in ("X:" + " " * 8100 + "\x01", "X:" + " " * 60000 + "\x01", "X:" + "\t" * 60000 + "a"):
+        assert parser.parse(request(line)) is None  # a control byte; over the field size
+    assert time.perf_counter() - started < 0.5  # linear: a poller stalled on a regex stalls its worker
+
+
+@settings(max_examples=300, deadline=None)
+@given(head=st.binary(max_size=200))
+def test_any_bytes_after_the_request_line_are_taken_as_gunicorn_reads_them_or_declined(head):
+    assert_read_as_gunicorn_reads(config(), b"POST /v1/authorize HTTP/1.1\r\n" + head)
