@@ -56,6 +56,7 @@ from gunicorn.http import wsgi
 from gunicorn.workers import gthread
 
 from audit.memory import NotInMemory
+from authz.access_log import log_access
 from authz.inline_http import REQUEST_LINE, InlineParser, InlineRequest
 
 _PATH = "/v1/authorize"
@@ -235,7 +236,7 @@ class WardenWorker(gthread.ThreadWorker):
         None), run the post_request hook, and give the connection back (closed after a failure)."""
         resp.headers_sent, resp.sent = body_length is not None, body_length or 0
         try:
-            self.log.access(resp, req, environ, datetime.now() - started)
+            log_access(self.log, self.cfg.access_log_format, resp, req, environ, datetime.now() - started)
         except Exception:  # noqa: BLE001 - a log line must not cost the client its connection
             self.log.exception("access log failed")
         self._post_request(req, environ, resp)

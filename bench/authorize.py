@@ -148,6 +148,7 @@ def main() -> None:
             "--access-logformat", ACCESS_LOG_FORMAT, "--log-config-json", str(workdir / "bare-logging.json")]
     servers = {
         "bare": [*bare, "bench.bare_app:create_app()"],
+        "bare-wsgi": [*bare, "bench.bare_app:plain_wsgi"],
         "bare-inline": [*bare, "bench.bare_app:create_app(inline=True)"],
         "authorize": [sys.executable, "-c", "import app; app.main()", "serve", *settings, "--port", str(args.port)],
     }
@@ -157,29 +158,30 @@ def main() -> None:
     for number in range(1, args.rounds + 1):
         rates = {name: measure(name, command, env, token, args) for name, command in servers.items()}
         rounds.append(rates)
-        print(f"round {number}: bare {rates['bare']['rate']:>7.0f} req/s   bare-inline {rates['bare-inline']['rate']:>7.0f} "
-              f"req/s   authorize {rates['authorize']['rate']:>7.0f} req/s (non-2xx: {rates['authorize']['non_2xx']})   "
-              f"ratio {ratio(rates):.2f}, to bare-inline {ratio(rates, 'bare-inline'):.2f}", flush=True)
+        print(f"round {number}: " + "   ".join(f"{name} {rates[name]['rate']:.0f} req/s" for name in servers)
+              + f" (authorize non-2xx: {rates['authorize']['non_2xx']})\n         ratio of authorize to "
+              + ", ".join(f"{name} {ratio(rates, name):.2f}" for name in BASELINES), flush=True)
         print("         per request: " + "\n                      ".join(
             f"{name:<11} {r['worker_us']:.0f} µs CPU in workers, {r['postgres_us']:.0f} µs in Postgres, "
             f"{r['switches']:.1f} context switches" for name, r in rates.items()), flush=True)
 
     report = json.loads(subprocess.run([sys.executable, "-c", "import app; app.main()", "audit", "verify",
                                         "--json"], env=env, capture_output=True, text=True).stdout)
-    median = sorted(rounds, key=ratio)[len(rounds) // 2]
-    print(f"bare endpoint (parse JSON, write nothing):      {median['bare']['rate']:>9.0f} req/s")
-    print(f"/v1/authorize (decide + durable record):        {median['authorize']['rate']:>9.0f} req/s")
-    print(f"ratio authorize/bare (median of {len(rounds)}): {ratio(median):.2f}")
-    strict = sorted(rounds, key=lambda rates: ratio(rates, "bare-inline"))[len(rounds) // 2]
-    print(f"ratio authorize/bare-inline (the bare endpoint on Warden's inline path; median of {len(rounds)}): "
-          f"{ratio(strict, 'bare-inline'):.2f} ({strict['bare-inline']['rate']:.0f} and "
-          f"{strict['authorize']['rate']:.0f} req/s)")
+    for name in BASELINES:
+        median = sorted(rounds, key=lambda rates: ratio(rates, name))[len(rounds) // 2]
+        print(f"ratio authorize/{name} (median of {len(rounds)}): {ratio(median, name):.2f}   "
+              f"({name} {median[name]['rate']:.0f} req/s, authorize {median['authorize']['rate']:.0f} req/s; "
+              f"{BASELINES[name]})")
     print(f"ledger: {report['head_seq'] - before} records appended during the runs, verify ok={report['ok']}")
 
 
 def head_seq(env: dict) -> int:
     """The sequence number of the ledger's last record (0: empty)."""
     return int(json.loads(warden("audit", "verify", "--json", env=env).stdout)["head_seq"])
+
+
+BASELINES = {"bare": "Flask", "bare-wsgi": "a WSGI callable, no framework",
+             "bare-inline": "on the worker's inline path, as authorize is; not an ordinary endpoint"}
 
 
 def ratio(rates: dict, baseline: str = "bare") -> float:

@@ -1,6 +1,7 @@
 """The baselines for bench/authorize.py: same server settings, parse the same JSON, write nothing.
 
-`create_app()` answers in Flask, as a service's plain endpoint would. `create_app(inline=True)` also
+`create_app()` answers in Flask, as a service's plain endpoint would; `plain_wsgi` is the same
+endpoint as a bare WSGI callable, no framework at all. `create_app(inline=True)` also
 gives Warden's worker (authz/worker.py) a fast path, so a plain kept-alive request is parsed by the
 worker's narrow parser and answered on its poller thread, as Warden's authorize is, minus the token,
 the decision and the record: the HTTP cost Warden's authorize cannot go below.
@@ -23,6 +24,14 @@ def create_app(inline: bool = False) -> Flask:
     if inline:
         app.extensions["authorize_fast_path"] = BareFastPath()
     return app
+
+
+def plain_wsgi(environ: dict, start_response) -> list[bytes]:
+    """The endpoint without a framework: any request is read as the authorize body and answered."""
+    body = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)) or b"{}")
+    answer = (json.dumps({"allowed": False, "subject": body.get("subject")}, separators=(",", ":")) + "\n").encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
+    return [answer]
 
 
 class BareFastPath:
