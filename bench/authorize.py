@@ -1,20 +1,20 @@
-"""/v1/authorize throughput against a bare endpoint, on the same gunicorn settings, in one run.
+"""/v1/authorize throughput against bare endpoints, on the same gunicorn settings, in one run.
 
     dropdb -h 127.0.0.1 -U postgres --if-exists warden_bench && createdb -h 127.0.0.1 -U postgres warden_bench
     python bench/authorize.py --database-url postgresql+psycopg://postgres@127.0.0.1/warden_bench
 
-Starts `warden serve` on that database and two bare apps (bench/bare_app.py: parse
-the JSON, answer, write nothing) on the same gunicorn worker class as Warden's
+Starts `warden serve` on that database and three bare endpoints (bench/bare_app.py:
+parse the JSON, answer, write nothing) on the same gunicorn worker class as Warden's
 (authz/worker.py), the same workers, threads and logging: "bare" answers in Flask,
 as a service's plain endpoint would (the worker is then gthread with the garbage
-collector's start-up freeze and the event-loop linger on close); "bare-inline"
-answers on the worker's inline path as Warden's authorize is answered, minus the
-token, decision and record. It loads each with wrk (Debian's `wrk`) for the same
+collector's start-up freeze and the event-loop linger on close); "bare-wsgi" is the
+same endpoint as a plain WSGI callable; "bare-inline" answers on the worker's inline
+path as Warden's authorize is answered, minus the token, decision and record. It loads each with wrk (Debian's `wrk`) for the same
 time and connections, and prints the request rates and the ratios of authorize to
 each, with what each request cost: CPU in the workers and in Postgres, and the
 workers' context switches (read from /proc; where the time goes, since the servers
 saturate the cores). They alternate for `--rounds` rounds (this machine is noisy)
-and the median ratio is the result. A run in which one worker accepted every
+and the median ratios are the result. A run in which one worker accepted every
 connection is measured again, for any server. Every authorize answer is a committed
 ledger record (synchronous_commit stays on); the ledger is verified at the end.
 """
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3, help="bare/authorize pairs; the median ratio counts")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the four servers; the median ratios count")
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--port", type=int, default=8931)
     args = parser.parse_args()
