@@ -4,10 +4,11 @@ that takes only the plain shape every client sends, and gives up on anything els
 gunicorn's request parser and WSGI environ cost more CPU per authorize than
 deciding does (about 100 µs of the 300 µs a poller spends on one). This parser
 accepts a strict subset of what gunicorn accepts — header names of letters,
-digits and `!#$%&'*+-.^`|~`; values of visible ASCII with inner spaces and tabs;
-one Content-Length; no Transfer-Encoding, Upgrade, Expect, scheme header or
-repeated Host or Content-Type; gunicorn's limits on the number and size of
-fields — and for those gives what gunicorn gives: the same header list and the
+digits and ``!#$%&'*+-.^`|~`` (a name with "_" is declined); values of visible
+ASCII, spaces and tabs (stripped at the ends, as gunicorn does); one
+Content-Length of at most 9 digits; no Transfer-Encoding, Upgrade, Expect, scheme
+header or repeated Host or Content-Type; gunicorn's limits on the number and size
+of fields — and for those gives what gunicorn gives: the same header list and the
 same environ values. On anything outside it, `parse` returns None and gunicorn
 parses the same bytes (and refuses them where they are malformed).
 tests/authz/test_inline_http.py holds it to gunicorn's parser on generated requests.

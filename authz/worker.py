@@ -19,7 +19,7 @@ readable and what it has sent (read without waiting) is one whole plain
 common shape, with gunicorn's limits and results, and leaves anything else to
 gunicorn), the poller thread decides it itself, from what memory holds, with
 neither gunicorn's Request and Response nor a full WSGI environ, which spares
-each request two thread wake-ups and about a third of its CPU. The socket stays
+each request two thread wake-ups and about a third of the poller thread's CPU. The socket stays
 non-blocking meanwhile, and nothing there waits on the database (NotInMemory),
 so the poller never waits on a client or a lock. Anything else — a first
 request, TLS, a request still arriving, another route, a header the narrow
@@ -30,10 +30,12 @@ A connection the server closes lingers for the client's FIN as on gthread (RFC
 9112 section 9.6), but on the poller's event loop rather than in a blocking read
 there, which held up the whole worker for up to 2 s per such client.
 
-This overrides gthread's `on_client_socket_readable`, `handle_request`,
-`_keepalive_after`, `enqueue_req`, `finish_request` and `murder_keepalived`, and
-replaces gunicorn's `util.write_error` in the worker's process, so setup.cfg pins
-gunicorn's minor version; tests/test_worker.py drives it through a real
+This overrides gthread's `init_process`, `run`, `on_client_socket_readable`,
+`handle_request`, `_keepalive_after`, `enqueue_req`, `finish_request` and
+`murder_keepalived`, replaces gunicorn's `util.write_error` in the worker's
+process, and reads and writes gunicorn internals (the parser's unreader buffer
+and request count, the worker's request count), so setup.cfg pins gunicorn's
+minor version; tests/test_worker.py drives it through a real
 `warden serve`.
 """
 
@@ -119,7 +121,8 @@ class WardenWorker(gthread.ThreadWorker):
         resp = _InlineResponse(request)
         self._count(resp)
         try:
-            self.cfg.pre_request(self, request)  # gunicorn's default hook logs a debug line (twice if False)
+            # gunicorn's default hook logs a debug line; on False the pool runs it again for this request.
+            self.cfg.pre_request(self, request)
             environ = request.environ(conn.client)
             taken = self._fast_path.answer_later(environ, partial(self._answer, conn, request, resp, environ, started),
                                                  self._offload, memory_only=True)

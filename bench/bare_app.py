@@ -3,8 +3,9 @@
 `create_app()` answers in Flask, as a service's plain endpoint would; `plain_wsgi` is the same
 endpoint as a bare WSGI callable, no framework at all. `create_app(inline=True)` also
 gives Warden's worker (authz/worker.py) a fast path, so a plain kept-alive request is parsed by the
-worker's narrow parser and answered on its poller thread, as Warden's authorize is, minus the token,
-the decision and the record: the HTTP cost Warden's authorize cannot go below.
+worker's narrow parser and handled on its poller thread, as Warden's authorize is, and answered there
+at once (authorize's answer waits for its commit and is written by the ledger writer). It has no
+token, decision or record: the HTTP cost Warden's authorize cannot go below.
 """
 
 import json
