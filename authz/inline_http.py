@@ -1,8 +1,8 @@
 """A whole `POST /v1/authorize` read into a kept-alive connection's buffer, parsed by a narrow parser
-that takes only the plain shape every client sends, and gives up on anything else.
+that takes only the plain shape most clients send, and gives up on anything else.
 
-gunicorn's request parser and WSGI environ cost more CPU per authorize than
-deciding does (about 100 µs of the 300 µs a poller spends on one). This parser
+gunicorn's request parser and WSGI environ cost more CPU per authorize than the
+decision step did (about 100 µs of the 300 µs a poller spent on one before this). This parser
 accepts a strict subset of what gunicorn accepts — header names of letters,
 digits and ``!#$%&'*+-.^`|~`` (a name with "_" is declined); values of visible
 ASCII, spaces and tabs (stripped at the ends, as gunicorn does); one
