@@ -41,7 +41,6 @@ minor version; tests/test_worker.py drives it through a real
 
 import errno
 import gc
-import io
 import json
 import os
 import selectors
@@ -138,7 +137,7 @@ class WardenWorker(gthread.ThreadWorker):
         # The answer cannot be given back before this returns: finish_request runs on this thread.
         conn.parser.req_count += 1
         unreader = conn.parser.unreader
-        unreader.buf = io.BytesIO(unreader.buf.getvalue()[request.length:])
+        unreader.unread(unreader.take_buffered()[request.length:])
         return True
 
     def _failed(self, conn, req, exc: Exception) -> None:
@@ -335,7 +334,7 @@ def _read_now(conn) -> bytes:
     if not data:
         return b""
     unreader = conn.parser.unreader
-    unreader.buf.seek(0, os.SEEK_END)
+    unreader.buf.seek(0, os.SEEK_END)  # after what is buffered (gunicorn's `unread` puts data before it)
     unreader.buf.write(data)
     return unreader.buf.getvalue()
 
