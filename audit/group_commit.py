@@ -21,8 +21,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -76,19 +75,10 @@ class GroupCommitter:
         self._thread: threading.Thread | None = None
         self.batches = 0  # committed batches, for tests and metrics
 
-    @contextmanager
-    def expecting(self) -> Iterator["_Ticket"]:
-        """Say a submit is on its way (pass the ticket to `submit`), so a lingering writer waits for it."""
-        ticket = _Ticket()
-        with self._wake:
-            self._ensure_writer()
-            self._coming += 1
-        try:
-            yield ticket
-        finally:
-            if not ticket.used:  # it failed before submitting
-                with self._wake:
-                    self._arrived(ticket)
+    def expecting(self) -> "_Ticket":
+        """Say a submit is on its way, so a lingering writer waits for it: a context manager whose
+        ticket (pass it to `submit`) is given up on leaving, should nothing have been submitted."""
+        return _Ticket(self)
 
     def _arrived(self, ticket: "_Ticket") -> None:
         ticket.used = True
@@ -276,10 +266,22 @@ def _tell(method: Callable[[Any], None], value: Any) -> None:
 class _Ticket:
     """A caller's word that it will submit (see `GroupCommitter.expecting`)."""
 
-    __slots__ = ("used",)
+    __slots__ = ("committer", "used")
 
-    def __init__(self):
-        self.used = False
+    def __init__(self, committer: GroupCommitter):
+        self.committer, self.used = committer, False
+
+    def __enter__(self) -> "_Ticket":
+        committer = self.committer
+        with committer._wake:
+            committer._ensure_writer()
+            committer._coming += 1
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if not self.used:  # it failed before submitting
+            with self.committer._wake:
+                self.committer._arrived(self)
 
 
 class Waiter:
@@ -309,7 +311,7 @@ class Waiter:
         return self._value
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Item:
     prepare: Prepare
     outcome: "Outcome"

@@ -80,12 +80,15 @@ RECOGNIZERS: tuple[Recognizer, ...] = (
 # Any recognizer's pattern, in one: text it does not match anywhere holds nothing to scrub, and most
 # text (workflow names, ticket ids) is such text. One search instead of a substitution per kind.
 _ANY = re.compile("|".join(f"(?:{r.pattern.pattern})" for r in RECOGNIZERS))
+# What every match of a recognizer holds: a digit, "@", ":" (IPv6) or a token's fixed start. Text with
+# none of them (workflow names, most free text) is judged by this search alone, several times cheaper.
+_MAYBE = re.compile(r"[\d@:]|eyJ|Bearer |A[KS]IA|gh[pousr]_|xox|sk_|wdn_")
 
 
 def scrub(text: str, recognizers: tuple[Recognizer, ...] = RECOGNIZERS) -> tuple[str, Counter]:
     """Return `text` with every recognized piece of personal data replaced, and what was found."""
     found: Counter = Counter()
-    if recognizers is RECOGNIZERS and not _ANY.search(text):
+    if recognizers is RECOGNIZERS and not (_MAYBE.search(text) and _ANY.search(text)):
         return text, found
     for recognizer in recognizers:
         def replace(match: re.Match, r=recognizer) -> str:

@@ -14,7 +14,6 @@ so two copies resumed from one snapshot could repeat them.
 import os
 import threading
 import time
-import uuid
 
 _BLOCK = 4096
 
@@ -51,14 +50,20 @@ def random_bytes(n: int) -> bytes:
     return _pool.take(n)
 
 
-def uuid4() -> uuid.UUID:
-    """A random (version 4) UUID, as `uuid.uuid4()` makes it."""
-    return uuid.UUID(bytes=random_bytes(16), version=4)
+def uuid4_hex() -> str:
+    """A random (version 4) UUID as 32 hex digits, as `uuid.uuid4().hex` makes it."""
+    raw = bytearray(random_bytes(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 9562 variant
+    return raw.hex()
 
 
-def uuid7() -> uuid.UUID:
-    """A time-ordered (version 7, RFC 9562) UUID: Unix time in milliseconds, then 74 random bits. Ids
-    made later sort later (within one millisecond, at random), so an index of them grows at its end."""
-    random = int.from_bytes(random_bytes(10), "big")  # 80 bits, 74 of them used
-    return uuid.UUID(int=(time.time_ns() // 1_000_000 & (1 << 48) - 1) << 80 | 0x7 << 76
-                     | (random >> 68) << 64 | 0b10 << 62 | random & (1 << 62) - 1)
+def uuid7_text() -> str:
+    """A time-ordered (version 7, RFC 9562) UUID in its usual text form: Unix time in milliseconds,
+    then 74 random bits. Ids made later sort later (within one millisecond, at random), so an index
+    of them grows at its end. Built as text directly: `str(uuid.UUID(...))` costs three times as much."""
+    random = random_bytes(10)  # 80 bits, 74 of them used
+    raw = ((time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
+           + bytes((0x70 | random[0] & 0x0F, random[1], 0x80 | random[2] & 0x3F)) + random[3:])
+    digits = raw.hex()
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"

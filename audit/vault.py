@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -39,6 +39,11 @@ class Subject:
     pseudonym: str
     data_key: bytes
     opted_out: bool
+    # The key's AES-GCM context, made once: every decision seals two fields with it.
+    cipher: AESGCM = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "cipher", AESGCM(self.data_key))
 
 
 class Unreadable(Exception):
@@ -127,7 +132,7 @@ class Vault:
     def seal(subject: Subject, value, aad: str) -> str:
         """Encrypt the JSON value `value` under `subject`'s key, bound to `aad` (the record's identity)."""
         nonce = random_bytes(12)
-        ct = AESGCM(subject.data_key).encrypt(nonce, canonical_json(value).encode("utf-8"), aad.encode("utf-8"))
+        ct = subject.cipher.encrypt(nonce, canonical_json(value).encode("utf-8"), aad.encode("utf-8"))
         return SEALED_PREFIX + base64.b64encode(nonce + ct).decode()
 
     @staticmethod
@@ -137,7 +142,7 @@ class Vault:
             raise Unreadable("the key of this person was erased")
         raw = base64.b64decode(sealed.removeprefix(SEALED_PREFIX))
         try:
-            return json.loads(AESGCM(subject.data_key).decrypt(raw[:12], raw[12:], aad.encode("utf-8")))
+            return json.loads(subject.cipher.decrypt(raw[:12], raw[12:], aad.encode("utf-8")))
         except InvalidTag:
             raise Unreadable("the field does not decrypt: altered, or moved from another record") from None
 

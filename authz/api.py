@@ -4,7 +4,7 @@ import re
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from audit.randomness import uuid4
+from audit.randomness import uuid4_hex
 from audit.web import error_response, public, read_json, requires_scope
 from authz.openapi import openapi_document
 from authz.decisions import AuditUnavailable
@@ -30,7 +30,7 @@ def _unaudited(count: int):
 
 def request_id(header: str) -> str:
     """The caller's X-Request-Id when it is a sensible one, else a fresh id."""
-    return header if _REQUEST_ID.match(header) else uuid4().hex
+    return header if _REQUEST_ID.match(header) else uuid4_hex()
 
 
 @bp.post("/v1/authorize")

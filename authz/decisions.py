@@ -14,7 +14,7 @@ from audit.ledger import Entry
 from audit.memory import NotInMemory
 from audit.metrics import DECISIONS, UNAUDITED
 from audit.pii import scrub_value
-from audit.randomness import uuid7
+from audit.randomness import uuid7_text
 from audit.subject_cache import SubjectCache
 from audit.vault import Subject, Vault
 from authz.decider import Decision
@@ -129,7 +129,7 @@ class DecisionService:
             decided = []
             for item in requests:
                 decision = snapshot.decider.decide(item.request)
-                decided.append((item, decision, str(uuid7())))
+                decided.append((item, decision, uuid7_text()))
                 if stop is not None and stop(decision):
                     break
             entries = [_entry(item, decision, decision_id, service, request_id, snapshot.version,

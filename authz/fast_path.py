@@ -14,9 +14,11 @@ committed, and no thread waits for it.
 """
 
 import io
+import json
 from collections.abc import Callable, Iterable
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from audit.memory import NotInMemory
 from audit.web import bearer_token, decode_json_object
@@ -34,6 +36,7 @@ class AuthorizeFastPath:
         self.app = app
         self.wsgi_app = wsgi_app
         self.max_body = app.config["MAX_CONTENT_LENGTH"]
+        self._encoder: tuple | None = None  # (the provider's options, the encoder they make); see _json
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == _PATH and environ.get("REQUEST_METHOD") == "POST":
@@ -117,8 +120,18 @@ class AuthorizeFastPath:
         return "200 OK", self._json(answer)
 
     def _json(self, value: dict) -> bytes:
-        # The bytes Flask's jsonify makes outside debug mode.
-        return (self.app.json.dumps(value, separators=(",", ":")) + "\n").encode("utf-8")
+        """The bytes Flask's jsonify makes outside debug mode."""
+        provider = self.app.json
+        if type(provider) is not DefaultJSONProvider:  # its dumps may do anything: ask it
+            return (provider.dumps(value, separators=(",", ":")) + "\n").encode("utf-8")
+        # Its dumps, with the encoder made once rather than per call (json.dumps makes one per call
+        # when given options); made again should the provider's options change.
+        options = (provider.default, provider.ensure_ascii, provider.sort_keys)
+        encoder = self._encoder
+        if encoder is None or encoder[0] != options:
+            encoder = self._encoder = (options, json.JSONEncoder(
+                default=options[0], ensure_ascii=options[1], sort_keys=options[2], separators=(",", ":")))
+        return (encoder[1].encode(value) + "\n").encode("utf-8")
 
 
 def _request_id(environ: dict) -> str:

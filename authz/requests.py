@@ -49,8 +49,8 @@ def parse_authorize(body, where: str = "") -> AuthorizeRequest:
     """Validate one `/v1/authorize` body; raise ApiError 400 naming the first bad field."""
     if not isinstance(body, dict):
         raise bad("a request must be a JSON object", where)
-    unknown = sorted(set(body) - _AUTHORIZE_FIELDS)
-    if unknown:
+    if not _AUTHORIZE_FIELDS.issuperset(body):
+        unknown = sorted(set(body) - _AUTHORIZE_FIELDS)
         raise bad(f"unknown field {', '.join(unknown)} (expected {', '.join(sorted(_AUTHORIZE_FIELDS))})", where)
     context, workflow = _context(body.get("context"), where)
     request = Request(_name(body, "subject", "subject", where), _name(body, "domain", "domain", where),

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 MAX_NAME = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A name no rule of name_problem objects to: 1 to MAX_NAME characters, none of them a control character,
+# a comma, a double quote or a star (spaces at either end are checked apart).
+_PLAIN_NAME = re.compile(r'[^\x00-\x1f\x7f,"*]{1,%d}' % MAX_NAME)
 EFFECTS = ("allow", "deny")
 
 
@@ -66,6 +69,12 @@ def name_problem(value, what: str, star: str = "none") -> str | None:
     `star` says where `*` may stand: "none", "alone" (the whole field means any)
     or "suffix" (a prefix pattern: `*` only as the last character).
     """
+    if isinstance(value, str) and _PLAIN_NAME.fullmatch(value) and value == value.strip():
+        return None  # the common case, judged at once: every rule of _problem holds for it
+    return _problem(value, what, star)
+
+
+def _problem(value, what: str, star: str) -> str | None:
     if not isinstance(value, str):
         return f"{what} must be a string"
     if not value:

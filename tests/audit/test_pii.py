@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audit.pii import RECOGNIZERS, iban_valid, luhn_valid, scrub, scrub_value
+from audit.pii import _ANY, _MAYBE, RECOGNIZERS, iban_valid, luhn_valid, scrub, scrub_value
 
 POSITIVES = [
     ("mail alice.smith+work@example.co.uk now", "<EMAIL>"),
@@ -64,3 +64,25 @@ def test_scrub_value_walks_json():
 def test_the_one_search_shortcut_never_changes_what_is_scrubbed(text):
     full_table = tuple(RECOGNIZERS)  # not the same object: scrub runs every recognizer, no shortcut
     assert scrub(text) == scrub(text, full_table)
+
+
+_PIECES = st.sampled_from(["Bearer ", "eyJ", "AKIA", "ASIA", "ghp_", "xoxb-", "sk_live_", "wdn_", "@", ":", ".",
+                           "-", "+", "(", ")", " ", "0", "7", "ab", "fe", "\u0663", "GB82", "abcdefghijklmnop", "Z9"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_PIECES, max_size=12).map("".join) | st.text(max_size=40))
+def test_text_the_cheap_search_passes_over_holds_nothing_any_recognizer_matches(text):
+    if _ANY.search(text) or any(r.pattern.search(text) for r in RECOGNIZERS):
+        assert _MAYBE.search(text), text
+
+
+# What each recognizer's pattern matches with the fewest of the telltale characters: no digit where it can.
+_BARE_MATCHES = ["cafe::beef", "AKIAABCDEFGHIJKLMNOP", "ASIAABCDEFGHIJKLMNOP", "xoxb-abcdefghijk",
+                 "ghp_" + "a" * 30, "sk_live_" + "a" * 16, "wdn_" + "a" * 30, "Bearer " + "a" * 16,
+                 "eyJabcde.abcde.abcde", "a@b.cc", "\u0663\u0663\u0663-\u0663\u0663-\u0663\u0663\u0663\u0663"]
+
+
+@pytest.mark.parametrize("text", [text for text, _ in POSITIVES] + _BARE_MATCHES)
+def test_the_cheap_search_passes_no_known_personal_data_over(text):
+    assert _ANY.search(text) and _MAYBE.search(text)

@@ -3,12 +3,16 @@
 import os
 import threading
 
-from audit.randomness import random_bytes, uuid4
+import uuid
+
+from audit.randomness import random_bytes, uuid4_hex, uuid7_text
 
 
 def test_ids_are_version_4_uuids_and_never_repeat():
-    ids = [uuid4() for _ in range(5000)]  # crosses several blocks
-    assert all(i.version == 4 and i.variant == "specified in RFC 4122" for i in ids)
+    texts = [uuid4_hex() for _ in range(5000)]  # crosses several blocks
+    ids = [uuid.UUID(text) for text in texts]
+    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+    assert all(i.hex == text for i, text in zip(ids, texts))
     assert len(set(ids)) == len(ids)
 
 
@@ -75,15 +79,21 @@ def test_a_child_forked_while_another_thread_draws_does_not_hang():
 def test_decision_ids_are_version_7_uuids_in_time_order():
     """Time-ordered ids: the unique decision_id index takes each new one at its end (RFC 9562 layout)."""
     import time
-    import uuid
 
-    from audit.randomness import uuid7
     before = time.time_ns() // 1_000_000
-    first = [uuid7() for _ in range(5000)]
+    texts = [uuid7_text() for _ in range(5000)]
     time.sleep(0.002)
-    later = uuid7()
+    later_text = uuid7_text()
     after = time.time_ns() // 1_000_000
+    first, later = [uuid.UUID(text) for text in texts], uuid.UUID(later_text)
+    assert [str(i) for i in first] == texts and str(later) == later_text  # the usual text form
     assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in first + [later])
     assert all(before <= i.int >> 80 <= after for i in first + [later])  # the 48-bit millisecond stamp
-    assert len(set(first)) == len(first) and max(first) < later
-    assert uuid.UUID(str(later)) == later
+    assert len(set(first)) == len(first) and max(first) < later and max(texts) < later_text
+    # Every one of the 74 random bits varies: none is stuck at 0 or 1.
+    random_bits = (1 << 74) - 1
+    spread = [(i.int >> 64 & 0xFFF) << 62 | i.int & (1 << 62) - 1 for i in first]
+    ored, anded = 0, random_bits
+    for bits in spread:
+        ored, anded = ored | bits, anded & bits
+    assert ored == random_bits and anded == 0

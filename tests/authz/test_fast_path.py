@@ -132,3 +132,14 @@ def test_debug_mode_gets_flasks_indented_answer(app, client, auth):
     finally:
         app.debug = False
     assert text.startswith("{\n  ")
+
+
+@pytest.mark.parametrize("ensure_ascii, sort_keys", [(True, False), (False, False), (True, True), (False, True)])
+def test_answers_are_the_bytes_jsonify_makes_under_the_providers_options(app, ensure_ascii, sort_keys):
+    fast = app.extensions["authorize_fast_path"]
+    answer = {"allowed": True, "reason": "allowed by rôle:ingénieur ✓", "matched": [["a", "b"]], "review": None,
+              "audit_seq": 7}
+    fast._json(answer)  # an encoder made under the options before these
+    app.json.ensure_ascii, app.json.sort_keys = ensure_ascii, sort_keys
+    with app.app_context():
+        assert fast._json(answer) == app.json.response(answer).get_data()

@@ -1,8 +1,11 @@
 """Policy files: every bad row is refused with its line number, and nothing is loaded."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from authz.rules import PolicyFileError, PolicyRule, RoleRule, parse_policy_csv, policy_to_csv
+from authz.rules import (_PLAIN_NAME, PolicyFileError, PolicyRule, RoleRule, _problem, name_problem, parse_policy_csv,
+                         policy_to_csv)
 
 GOOD = "p, role:eng, prod, db/*, read, maintenance, allow\n"
 
@@ -50,3 +53,13 @@ def test_every_bad_row_is_reported():
     with pytest.raises(PolicyFileError) as caught:
         parse_policy_csv("p, a\n" + GOOD + "g, b\n")
     assert [line for line, _ in caught.value.errors] == [1, 3]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from('ab*,"\t\n\x7f \u00a0\u2003é'), max_size=12)
+       | st.text(min_size=250, max_size=260, alphabet="ab "))
+def test_the_quick_accept_of_a_plain_name_agrees_with_every_rule(value):
+    if _PLAIN_NAME.fullmatch(value) and value == value.strip():
+        assert all(_problem(value, "field", star) is None for star in ("none", "alone", "suffix"))
+    for star in ("none", "alone", "suffix"):
+        assert name_problem(value, "field", star) == _problem(value, "field", star)
