@@ -9,8 +9,8 @@ object, a field the parser refuses, a body without a length or over the limit â€
 is handed to Flask untouched, so every error keeps its one implementation.
 
 Under `warden serve`, authz/worker.py calls `answer_later` instead: the same
-checks, but the answer is written by the ledger writer once the record is
-committed, and no thread waits for it.
+checks, but the answer is made by the ledger writer once the record is
+committed (and written by the worker's poller thread), and no thread waits for it.
 """
 
 import io

@@ -5,12 +5,15 @@ On gthread a request keeps its pool thread until the answer is written. For
 `/v1/authorize` that is a thread asleep on the ledger commit, and when a batch
 lands, dozens of threads wake at once and queue for the GIL (the ledger writer
 among them). Here the request is decided and its record queued, and the thread
-is free. Once the batch is committed, the ledger writer writes each answer
-itself: a few hundred bytes that a healthy socket takes at once (a non-blocking
-send). A socket that does not, or a decision that opens a review item, is
-finished on a pool thread instead. Then the connection goes back to gunicorn's
-poller, so a client's next request is read only once this answer is out
-(answers stay in order). An answer whose commit does not come within the
+is free. Once the batch is committed, the ledger writer makes each answer and
+queues it for the poller thread; the first of a batch wakes the poller, once for
+the batch. The poller writes them: a few hundred bytes that a healthy socket takes
+at once (a non-blocking send). Then it puts each connection back on its loop, so a
+client's next request is read only once this answer is out (answers stay in
+order). A socket that does not take the whole answer is finished on a pool
+thread, and a decision that opens a review item is answered from one. The writer
+makes no socket call, so while it waits on the next commit the poller has the
+GIL to itself. An answer whose commit does not come within the
 committer's timeout is a 503 deny (see DecisionService.authorize_later).
 
 Where the request is decided: when a kept-alive plain-HTTP connection turns
@@ -47,6 +50,7 @@ import selectors
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
@@ -67,10 +71,12 @@ _LINGER_SECONDS, _LINGER_MAX_BYTES, _LINGER_READ = 2.0, 65536, 4096  # as gunico
 
 
 class WardenWorker(gthread.ThreadWorker):
-    """gthread, with `/v1/authorize` answered by the ledger writer once the record is committed."""
+    """gthread, with `/v1/authorize` answered once its record is committed, no thread waiting for it."""
 
     def init_process(self):
         self._lingering: dict = {}  # closing sockets: [deadline, bytes drained]
+        self._unwritten: deque = deque()  # answers for the poller to write (see _answer)
+        self._writing_due = False  # whether the poller has been asked to write them
         # gunicorn answers what it cannot parse (a request line over its limit, a malformed header)
         # itself, in HTML; in this worker's process those answers are Warden's JSON error shape too.
         util.write_error = _json_error
@@ -209,40 +215,60 @@ class WardenWorker(gthread.ThreadWorker):
             self._post_request(req, environ, resp)
 
     def _answer(self, conn, req, resp, environ: dict, started: datetime, status: str, body: bytes) -> None:
-        """Write the answer, where possible without blocking, then give the connection back.
+        """Queue the answer for the poller thread, which writes it (see _write_answers).
 
-        Runs in the ledger writer (or a pool thread): it must not raise, nor wait on the client."""
-        try:
-            resp.start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-            head = "".join(resp.default_headers() + [f"{name}: {value}\r\n" for name, value in resp.headers])
-            data = (head + "\r\n").encode("latin-1") + body
-            sent = _send_now(conn.sock, data)
-            if sent < len(data):
-                self.tpool.submit(self._send_rest, conn, req, resp, environ, started, len(body), data[sent:])
-                return
-        except Exception:  # noqa: BLE001 - the client is gone or the answer unsendable: drop the connection
-            self._written(conn, req, resp, environ, started, None)
-            return
-        self._written(conn, req, resp, environ, started, len(body))
+        Runs in the ledger writer (or a pool thread, or the deadline watch): it must not raise, nor
+        wait. The ledger writer tells a whole batch one answer after another; the first one queued
+        wakes the poller, and the others ride along, so a batch costs the poller one wake-up and the
+        writer no socket call: while it waits on the next commit, the poller has the GIL to itself."""
+        self._unwritten.append((conn, req, resp, environ, started, status, body))
+        if not self._writing_due:
+            self._writing_due = True
+            self.method_queue.defer(self._write_answers)
+
+    def _write_answers(self) -> None:
+        """On the poller: write every queued answer, where possible without blocking, and put each
+        connection back on the poller (or close it)."""
+        self._writing_due = False  # before draining: an answer queued from now on wakes the poller again
+        unwritten = self._unwritten
+        while unwritten:
+            conn, req, resp, environ, started, status, body = unwritten.popleft()
+            try:
+                resp.start_response(status, [("Content-Type", "application/json"),
+                                             ("Content-Length", str(len(body)))])
+                head = "".join(resp.default_headers() + [f"{name}: {value}\r\n" for name, value in resp.headers])
+                data = (head + "\r\n").encode("latin-1") + body
+                sent = _send_now(conn.sock, data)
+                if sent < len(data):
+                    self.tpool.submit(self._send_rest, conn, req, resp, environ, started, len(body), data[sent:])
+                    continue
+                length = len(body)
+            except Exception:  # noqa: BLE001 - the client is gone or the answer unsendable: drop the connection
+                length = None
+            try:
+                self.finish_request(conn, _Finished(self._written(req, resp, environ, started, length)))
+            except Exception:  # noqa: BLE001 - one connection's failure must not cost the others theirs
+                self.log.exception("finishing an answered request failed")
 
     def _send_rest(self, conn, req, resp, environ: dict, started: datetime, body_length: int, rest: bytes) -> None:
         try:
             conn.sock.setblocking(True)  # this pool thread may wait for the client: nobody else waits on it
             conn.sock.sendall(rest)
-        except Exception:  # noqa: BLE001 - as in _answer
+        except Exception:  # noqa: BLE001 - as in _write_answers
             body_length = None
-        self._written(conn, req, resp, environ, started, body_length)
+        self._give_back(conn, keep_alive=self._written(req, resp, environ, started, body_length))
 
-    def _written(self, conn, req, resp, environ: dict, started: datetime, body_length: int | None) -> None:
+    def _written(self, req, resp, environ: dict, started: datetime, body_length: int | None) -> bool:
         """Log the request as gthread would (also when the answer could not be written: `body_length`
-        None), run the post_request hook, and give the connection back (closed after a failure)."""
+        None) and run the post_request hook; return whether the connection stays open (not after a
+        failure)."""
         resp.headers_sent, resp.sent = body_length is not None, body_length or 0
         try:
             log_access(self.log, self.cfg.access_log_format, resp, req, environ, datetime.now() - started)
         except Exception:  # noqa: BLE001 - a log line must not cost the client its connection
             self.log.exception("access log failed")
         self._post_request(req, environ, resp)
-        self._give_back(conn, keep_alive=body_length is not None and not resp.should_close())
+        return body_length is not None and not resp.should_close()
 
     def finish_request(self, conn, fs):
         # As gthread's, except the graceful close: gthread lingers for the client's FIN (up to 2 s) in a

@@ -10,7 +10,7 @@ as a service's plain endpoint would (the worker is then gthread with the garbage
 collector's start-up freeze and the event-loop linger on close); "bare-wsgi" is the
 same endpoint as a plain WSGI callable; "bare-inline" is parsed and handled on the
 worker's inline path as Warden's authorize is, minus the token, decision and record,
-and answered at once (authorize is answered by the ledger writer after its commit). It loads each with wrk (Debian's `wrk`) for the same
+and answered at once (authorize's answer waits for its commit). It loads each with wrk (Debian's `wrk`) for the same
 time and connections, and prints the request rates and the ratios of authorize to
 each, with what each request cost: CPU in the workers and in Postgres, and the
 workers' context switches (read from /proc; where the time goes, since the servers

@@ -190,14 +190,16 @@ def test_the_rest_of_an_answer_waits_for_the_client_on_a_socket_left_non_blockin
             received.extend(client.recv(65536))
     reader = threading.Thread(target=read_all)
     reader.start()
-    worker = types.SimpleNamespace(_written=lambda *args: written.append(args[-1]))
+    given_back = []
+    worker = types.SimpleNamespace(_written=lambda *args: written.append(args[-1]) or True,
+                                   _give_back=lambda conn, keep_alive: given_back.append(keep_alive))
     try:
         WardenWorker._send_rest(worker, types.SimpleNamespace(sock=server), None, None, {}, None, 42, rest)
         reader.join(10)
     finally:
         server.close()
         client.close()
-    assert written == [42] and bytes(received) == rest
+    assert written == [42] and given_back == [True] and bytes(received) == rest
 
 
 def test_a_client_that_does_not_close_its_side_holds_up_nobody(served):
@@ -457,3 +459,42 @@ def test_what_gunicorn_refuses_itself_is_answered_in_warden_json_too(served):
                 assert sock.recv(1) == b""
             assert got == status and headers["content-type"] == "application/json"
             assert set(body["error"]) == {"code", "message"}
+
+
+def test_a_batch_of_answers_wakes_the_poller_once_and_each_is_written():
+    """The ledger writer queues a batch's answers one after another; only the first wakes the poller, whose
+    run writes every one queued by then and puts each connection back. An answer queued after that run
+    began wakes it again."""
+    from collections import deque
+
+    class Response:
+        headers: list = []
+
+        def start_response(self, status, headers):
+            self.status, self.headers = status, headers
+
+        def default_headers(self):
+            return [f"HTTP/1.1 {self.status}\r\n"]
+
+    deferred, finished = [], []
+    worker = types.SimpleNamespace(
+        _unwritten=deque(), _writing_due=False, method_queue=types.SimpleNamespace(defer=deferred.append),
+        _written=lambda req, resp, environ, started, length: length == 2,
+        finish_request=lambda conn, fs: finished.append((conn, fs.result())))
+    worker._write_answers = lambda: WardenWorker._write_answers(worker)
+    pairs = [socket.socketpair() for _ in range(4)]
+    try:
+        conns = [types.SimpleNamespace(sock=server) for server, _ in pairs]
+        for conn in conns[:3]:
+            WardenWorker._answer(worker, conn, None, Response(), {}, None, "200 OK", b"{}")
+        assert len(deferred) == 1 and len(worker._unwritten) == 3 and not finished
+        deferred[0]()  # the poller's run
+        assert finished == [(conn, True) for conn in conns[:3]] and not worker._unwritten
+        assert [client.recv(100) for _, client in pairs[:3]] == [
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"] * 3
+        WardenWorker._answer(worker, conns[3], None, Response(), {}, None, "200 OK", b"{}")
+        assert len(deferred) == 2
+    finally:
+        for server, client in pairs:
+            server.close()
+            client.close()
