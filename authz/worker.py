@@ -65,7 +65,7 @@ from authz.access_log import log_access
 from authz.inline_http import REQUEST_LINE, InlineParser, InlineRequest
 
 _PATH = "/v1/authorize"
-_LATER = object()  # handle_request's result when the ledger writer (or a pool job) will answer
+_LATER = object()  # handle_request's result when the answer comes once the record is committed
 _INLINE_READ = 64 * 1024  # one read; a request that is not whole by then goes to the pool
 _LINGER_SECONDS, _LINGER_MAX_BYTES, _LINGER_READ = 2.0, 65536, 4096  # as gunicorn's close_graceful
 
@@ -158,8 +158,8 @@ class WardenWorker(gthread.ThreadWorker):
         self.handle_error(req, conn.sock, conn.client, exc)
 
     def handle_request(self, req, conn):
-        """gthread's, except for `POST /v1/authorize` when the fast path takes it: then _LATER (the
-        ledger writer answers)."""
+        """gthread's, except for `POST /v1/authorize` when the fast path takes it: then _LATER (answered
+        once the record is committed; see _answer)."""
         if req.method != "POST" or req.path != _PATH or self._fast_path is None:
             return super().handle_request(req, conn)
         self.cfg.pre_request(self, req)
@@ -177,8 +177,8 @@ class WardenWorker(gthread.ThreadWorker):
         return keepalive if keepalive is _LATER else super()._keepalive_after(conn, keepalive)
 
     def enqueue_req(self, conn):
-        # As gthread's, except that a request the ledger writer will answer does not wake the poller
-        # thread now: the connection is the answer's until it is written (see _give_back).
+        # As gthread's, except that a request answered after its commit does not wake the poller
+        # thread now: the connection is the answer's until it is written (see _write_answers).
         done = self.tpool.submit(self.handle, conn)
         done.add_done_callback(partial(self._handled, conn))
 
@@ -398,7 +398,7 @@ class _Finished:
 
 
 class _InlineResponse:
-    """What `_answer`, `_written` and the access log read of gunicorn's Response, for a request
+    """What `_write_answers`, `_written` and the access log read of gunicorn's Response, for a request
     decided on the poller: the status, headers and bytes sent, and the head gunicorn would write."""
 
     __slots__ = ("req", "status", "headers", "sent", "headers_sent", "must_close")
