@@ -17,7 +17,6 @@ makes the stale items again under the lock, and appends.
 """
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -30,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from audit.ledger import Appended, Entry, Ledger, StaleEpoch
 from audit.metrics import BATCH_SIZE, COMMIT_SECONDS
+from audit.process import current_pid
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ class GroupCommitter:
                 self._wake.notify()
 
     def _ensure_writer(self) -> None:
-        if self._owner_pid != os.getpid():  # first use, or a forked child: threads do not survive fork
-            self._owner_pid = os.getpid()
+        if self._owner_pid != current_pid():  # first use, or a forked child: threads do not survive fork
+            self._owner_pid = current_pid()
             self._pending.clear()
             self._coming = 0
             self._conn = None  # a parent's connection is not this process's to use
@@ -136,7 +136,7 @@ class GroupCommitter:
         with self._wake:
             self._closed = True
             self._wake.notify()
-        if self._thread is not None and self._owner_pid == os.getpid():
+        if self._thread is not None and self._owner_pid == current_pid():
             self._thread.join(timeout)
             if not self._thread.is_alive():
                 self._disconnect(broken=False)  # the writer's own, should it not have let go of it

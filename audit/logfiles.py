@@ -16,6 +16,8 @@ import weakref
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
+from audit.process import current_pid
+
 _NAME = re.compile(r"^warden-(\d{4}-\d{2}-\d{2})\.log$")
 
 
@@ -89,8 +91,8 @@ class DailyFileHandler(logging.Handler):
                 data = data[os.write(self._fd, data):]
 
     def _ensure_flusher(self) -> None:
-        if self._flusher_pid != os.getpid():  # first held line in this process (threads do not survive fork)
-            self._flusher_pid = os.getpid()
+        if self._flusher_pid != current_pid():  # first held line in this process (threads do not survive fork)
+            self._flusher_pid = current_pid()
             threading.Thread(target=self._flush_every, name="warden-log-flush", daemon=True).start()
 
     def _flush_every(self) -> None:

@@ -1,7 +1,6 @@
 """The decision path: decide against the current policy, record in the ledger, then answer."""
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -14,6 +13,7 @@ from audit.ledger import Entry
 from audit.memory import NotInMemory
 from audit.metrics import DECISIONS, UNAUDITED
 from audit.pii import scrub_value
+from audit.process import current_pid
 from audit.randomness import uuid7_text
 from audit.subject_cache import SubjectCache
 from audit.vault import Subject, Vault
@@ -99,8 +99,8 @@ class DecisionService:
         """Keep `later` until it is answered; past its deadline, answer it 503 (as `authorize` does
         when its wait times out), so a commit that hangs never leaves a client without an answer."""
         with self._watch_lock:
-            if self._watcher_pid != os.getpid():  # first use, or a forked child
-                self._watcher_pid = os.getpid()
+            if self._watcher_pid != current_pid():  # first use, or a forked child
+                self._watcher_pid = current_pid()
                 self._waiting = deque()
                 threading.Thread(target=self._watch_deadlines, name="warden-answer-deadlines",
                                  daemon=True).start()

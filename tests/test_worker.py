@@ -461,38 +461,78 @@ def test_what_gunicorn_refuses_itself_is_answered_in_warden_json_too(served):
             assert set(body["error"]) == {"code", "message"}
 
 
+class _StubResponse:
+    """What _write_answers reads of a Response."""
+
+    headers: list = []
+
+    def start_response(self, status, headers):
+        self.status, self.headers = status, headers
+
+    def default_headers(self):
+        return [f"HTTP/1.1 {self.status}\r\n"]
+
+
+def test_answers_queued_while_the_poller_dispatches_events_are_written_before_the_next_event():
+    """A batch of events can hold dozens of requests to decide; an answer committed meanwhile goes out after
+    the event in hand, not after the method queue's turn. Its wake-up still comes, and finds nothing left."""
+    from collections import deque
+
+    deferred, finished, order = [], [], []
+    worker = types.SimpleNamespace(
+        _unwritten=deque(), _writing_due=False, method_queue=types.SimpleNamespace(defer=deferred.append),
+        _written=lambda req, resp, environ, started, length: True,
+        finish_request=lambda conn, fs: finished.append(conn))
+    worker._drain_answers = lambda: WardenWorker._drain_answers(worker)
+    worker._write_answers = lambda: WardenWorker._write_answers(worker)
+    server, client = socket.socketpair()
+    try:
+        conn = types.SimpleNamespace(sock=server)
+
+        def first_event(fileobj):  # the ledger writer answers while the poller decides this one
+            order.append("decide 1")
+            WardenWorker._answer(worker, conn, None, _StubResponse(), {}, None, "200 OK", b"{}")
+
+        def second_event(fileobj):
+            order.append(f"decide 2, {len(finished)} answer(s) written")
+
+        keys = [(types.SimpleNamespace(data=callback, fileobj=None), None) for callback in (first_event, second_event)]
+        worker.poller = types.SimpleNamespace(select=lambda timeout: keys)
+        WardenWorker.wait_for_and_dispatch_events(worker, 1.0)
+        assert order == ["decide 1", "decide 2, 1 answer(s) written"] and finished == [conn]
+        assert client.recv(100) == b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        assert len(deferred) == 1 and worker._writing_due  # the wake-up asked for is still to run
+        deferred[0]()
+        assert finished == [conn] and not worker._writing_due  # it wrote nothing twice
+    finally:
+        server.close()
+        client.close()
+
+
 def test_a_batch_of_answers_wakes_the_poller_once_and_each_is_written():
     """The ledger writer queues a batch's answers one after another; only the first wakes the poller, whose
     run writes every one queued by then and puts each connection back. An answer queued after that run
     began wakes it again."""
     from collections import deque
 
-    class Response:
-        headers: list = []
-
-        def start_response(self, status, headers):
-            self.status, self.headers = status, headers
-
-        def default_headers(self):
-            return [f"HTTP/1.1 {self.status}\r\n"]
-
     deferred, finished = [], []
     worker = types.SimpleNamespace(
         _unwritten=deque(), _writing_due=False, method_queue=types.SimpleNamespace(defer=deferred.append),
         _written=lambda req, resp, environ, started, length: length == 2,
         finish_request=lambda conn, fs: finished.append((conn, fs.result())))
+    worker._drain_answers = lambda: WardenWorker._drain_answers(worker)
     worker._write_answers = lambda: WardenWorker._write_answers(worker)
     pairs = [socket.socketpair() for _ in range(4)]
     try:
         conns = [types.SimpleNamespace(sock=server) for server, _ in pairs]
         for conn in conns[:3]:
-            WardenWorker._answer(worker, conn, None, Response(), {}, None, "200 OK", b"{}")
+            WardenWorker._answer(worker, conn, None, _StubResponse(), {}, None, "200 OK", b"{}")
         assert len(deferred) == 1 and len(worker._unwritten) == 3 and not finished
         deferred[0]()  # the poller's run
         assert finished == [(conn, True) for conn in conns[:3]] and not worker._unwritten
         assert [client.recv(100) for _, client in pairs[:3]] == [
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"] * 3
-        WardenWorker._answer(worker, conns[3], None, Response(), {}, None, "200 OK", b"{}")
+        WardenWorker._answer(worker, conns[3], None, _StubResponse(), {}, None, "200 OK", b"{}")
         assert len(deferred) == 2
     finally:
         for server, client in pairs:
