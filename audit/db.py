@@ -1,7 +1,8 @@
 """The shared SQLAlchemy metadata and the engine factory every Warden process uses."""
 
 from sqlalchemy import MetaData, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import DeclarativeBase
 
 # One naming convention so constraints get the same names on SQLite and Postgres.
@@ -24,9 +25,20 @@ class Base(DeclarativeBase):
 READ_ONLY = {"warden_read_only": True}
 
 
+# The databases Warden runs on, by URL scheme; plain Postgres schemes mean psycopg 3, the driver it ships with.
+_DRIVERS = {"sqlite": "sqlite", "sqlite+pysqlite": "sqlite", "postgresql+psycopg": "postgresql+psycopg",
+            "postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
+
+
 def make_engine(url: str, **kwargs) -> Engine:
-    """Return an engine for `url`; SQLite gets WAL, full fsync and write-locking transactions."""
-    if url.startswith("sqlite"):
+    """Return an engine for `url`; SQLite gets WAL, full fsync and write-locking transactions.
+    Raises ArgumentError for a URL that names another database or driver."""
+    parsed = make_url(url)
+    driver = _DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise ArgumentError(f"Warden runs on SQLite or on PostgreSQL through psycopg 3, not {parsed.drivername!r}")
+    url = parsed.set(drivername=driver)
+    if driver == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         _configure_sqlite(engine)
         return engine

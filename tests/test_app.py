@@ -82,6 +82,7 @@ def _warden(tmp_path, url: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("url,expected", [
     ("sqlite:///{tmp}/never-migrated.db", "has no Warden schema, or an older one (no such table"),
     ("bogus://somewhere", "WARDEN_DATABASE_URL is not a database URL Warden can use"),
+    ("mysql://somewhere/db", "Warden runs on SQLite or on PostgreSQL through psycopg 3, not 'mysql'"),
     ("postgresql+psycopg://nobody@127.0.0.1:1/none", "cannot use the database at"),
 ])
 def test_database_problems_are_one_line_not_a_traceback(tmp_path, url, expected):
@@ -93,6 +94,24 @@ def test_database_problems_are_one_line_not_a_traceback(tmp_path, url, expected)
         assert expected in result.stderr and "Traceback" not in result.stderr
     if url.startswith("sqlite"):
         assert "run `warden db upgrade` first" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@h/d", "postgres://u@h/d", "postgresql+psycopg://u@h/d"])
+def test_a_plain_postgres_url_means_psycopg_3_the_driver_warden_ships_with(url):
+    from audit.db import make_engine
+
+    engine = make_engine(url)  # connects only when used
+    assert engine.url.drivername == "postgresql+psycopg" and engine.url.host == "h"
+
+
+@pytest.mark.parametrize("url", ["mysql://u@h/d", "postgresql+asyncpg://u@h/d", "postgresql+psycopg2://u@h/d"])
+def test_another_database_or_driver_is_refused_before_its_driver_is_imported(url):
+    from sqlalchemy.exc import ArgumentError
+
+    from audit.db import make_engine
+
+    with pytest.raises(ArgumentError, match="Warden runs on SQLite or on PostgreSQL through psycopg 3"):
+        make_engine(url)
 
 
 def test_a_postgres_database_without_the_schema_says_to_migrate(tmp_path):
