@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from audit.signing import KeyDirError, ensure_key_dir
+from audit.signing import KeyDirError, ensure_key_dir, read_secret_file
 
 _MASTER_FILE = re.compile(r"^master-v(\d+)\.key$")
 INDEX_FILE = "index.key"
@@ -31,7 +31,7 @@ def _write_secret(path: Path, key: bytes) -> None:
 
 
 def _read_secret(path: Path) -> bytes:
-    key = base64.b64decode(path.read_bytes().strip(), validate=True)
+    key = base64.b64decode(read_secret_file(path).strip(), validate=True)
     if len(key) != 32:
         raise KeyDirError(f"{path} does not hold a 256-bit key")
     return key

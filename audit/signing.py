@@ -20,14 +20,27 @@ class KeyDirError(RuntimeError):
     """The key directory is missing a key it must have, or is open to other users."""
 
 
+class KeysOpenToOthers(KeyDirError):
+    """The key directory, or a secret key in it, can be read by users other than its owner."""
+
+
 def ensure_key_dir(path: Path) -> Path:
     """Create `path` 0700 if absent; refuse one that group or others can read or enter."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _refuse_open(path, "key directory", 0o700)
+    return path
+
+
+def read_secret_file(path: Path) -> bytes:
+    """The bytes of a secret key file; refused when group or others may read or write it (it must be 0600)."""
+    _refuse_open(path, "key file", 0o600)
+    return path.read_bytes()
+
+
+def _refuse_open(path: Path, what: str, fix: int) -> None:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise KeyDirError(f"key directory {path} is open to other users (mode {mode:o}); "
-                          f"run: chmod 700 {path}")
-    return path
+        raise KeysOpenToOthers(f"{what} {path} is open to other users (mode {mode:o}); run: chmod {fix:o} {path}")
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -64,7 +77,7 @@ class LedgerSigner:
                 public = private.public_key()
                 (self.key_dir / f"ledger-{key_id(public)}.pub").write_bytes(
                     public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-            self._private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            self._private = serialization.load_pem_private_key(read_secret_file(path), password=None)
         return self._private
 
     def sign(self, message: bytes) -> tuple[str, str]:

@@ -26,7 +26,7 @@ from audit.chain import canonical_json, utcnow
 from audit.keyring import Keyring
 from audit.models import SubjectKey
 from audit.randomness import random_bytes
-from audit.signing import KeyDirError
+from audit.signing import KeyDirError, KeysOpenToOthers
 
 _keys = SubjectKey.__table__
 SEALED_PREFIX = "enc1:"
@@ -159,15 +159,15 @@ class Vault:
             try:
                 missing = sorted(v for v in used if not self.keyring.has_version(v))
                 has_index = self.keyring.has_index()
+            except KeysOpenToOthers:
+                raise  # the keys are there, but exposed: that message says what to do
             except KeyDirError as exc:
-                missing, has_index = sorted(used), False
-                detail = str(exc)
-            else:
-                detail = ""
+                raise KeyDirError(f"people's keys exist in the database, but {exc}: restore the key directory "
+                                  "(Warden will not create new keys over existing data)") from None
             if missing or not has_index:
                 lost = f"master key version(s) {', '.join(map(str, missing))}" if missing else "the index key"
                 raise KeyDirError(f"people's keys exist in the database but {lost} are not in "
-                                  f"{self.keyring.key_dir} {detail}: restore the key directory (Warden will not "
+                                  f"{self.keyring.key_dir}: restore the key directory (Warden will not "
                                   "create new keys over existing data)")
         self._checked = True
 

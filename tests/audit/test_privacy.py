@@ -188,13 +188,21 @@ def test_a_lost_key_directory_is_a_loud_error_not_new_keys(traffic, app, databas
     warden.engine.dispose()
 
 
-def test_an_open_key_directory_is_refused(tmp_path):
-    from audit.keyring import Keyring
-    key_dir = tmp_path / "open"
-    key_dir.mkdir()
+def test_an_exposed_key_directory_is_named_as_such_not_as_lost_keys(traffic, app, database_url, tmp_path):
+    key_dir = app.config["KEY_DIR"]
     os.chmod(key_dir, 0o755)
-    with pytest.raises(KeyDirError, match="chmod 700"):
-        Keyring(key_dir).ensure()
+    try:
+        fresh = create_app({"DATABASE_URL": database_url, "KEY_DIR": key_dir, "INSTANCE_PATH": str(tmp_path)})
+        warden = fresh.extensions["warden"]
+        with pytest.raises(KeyDirError) as refused:
+            with warden.engine.connect() as conn:
+                warden.vault.check(conn)
+        assert str(refused.value) == (f"key directory {key_dir} is open to other users (mode 755); "
+                                      f"run: chmod 700 {key_dir}")
+        warden.committer.close()
+        warden.engine.dispose()
+    finally:
+        os.chmod(key_dir, 0o700)
 
 
 def test_master_keys_from_the_environment(tmp_path):
