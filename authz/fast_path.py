@@ -91,6 +91,7 @@ class AuthorizeFastPath:
                 or environ.get("QUERY_STRING")  # authorize takes none: Flask's gate judges the URL
                 or not _is_json(environ.get("CONTENT_TYPE", ""))
                 or environ.get("HTTP_TRANSFER_ENCODING")  # chunked: Flask reads to the end
+                or environ.get("HTTP_CONTENT_ENCODING")  # Flask's gate refuses any but identity
                 or not (length.isascii() and length.isdigit()) or int(length) > self.max_body):
             return None
         raw = environ["wsgi.input"].read(int(length))

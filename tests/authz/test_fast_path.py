@@ -105,7 +105,7 @@ def test_odd_framing_and_failures_before_deciding_are_left_to_flask(app, both, a
                 "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
                 "HTTP_AUTHORIZATION": auth["Authorization"], **odd}
     for odd in ({"CONTENT_LENGTH": "\u00b2"}, {"HTTP_TRANSFER_ENCODING": "chunked"}, {"CONTENT_LENGTH": ""},
-                {"QUERY_STRING": "x=1"}):
+                {"QUERY_STRING": "x=1"}, {"HTTP_CONTENT_ENCODING": "gzip"}):
         assert app.wsgi_app._answer(environ(**odd)) is None, odd
     # what gunicorn sends for every request: the fast path must take it
     assert app.wsgi_app._answer(environ(**{"wsgi.input_terminated": True}))[0] == "200 OK"
@@ -116,6 +116,18 @@ def test_odd_framing_and_failures_before_deciding_are_left_to_flask(app, both, a
     first, second = both(json=ALLOWED, headers=auth)
     assert first.status_code == 500 and first.get_json()["error"]["code"] == "internal"
     assert (first.status_code, first.data) == (second.status_code, second.data)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "GZIP, identity"])
+def test_a_compressed_body_is_refused_415_and_nothing_is_recorded(both, client, auth, warden, encoding):
+    before = ledger_rows(warden.engine)
+    first, second = both(json=ALLOWED, headers={**auth, "Content-Encoding": encoding})
+    assert first.status_code == 415 and (first.data, first.headers) == (second.data, second.headers)
+    assert first.get_json()["error"] == {"code": "unsupported_media_type", "message": f"Content-Encoding "
+                                         f"{encoding!r} is not supported: send the body uncompressed"}
+    assert client.post("/v1/policies", json={}, headers={**auth, "Content-Encoding": encoding}).status_code == 415
+    assert ledger_rows(warden.engine) == before
+    assert client.post("/v1/authorize", json=ALLOWED, headers={**auth, "Content-Encoding": "identity"}).status_code == 200
 
 
 def test_a_nul_in_the_query_is_refused_as_on_every_other_route(client, auth, warden):
