@@ -393,7 +393,9 @@ def cli():
 
 # Flask's --app, --env-file and --debug options mean nothing for Warden (the app is fixed, config comes
 # from WARDEN_* variables): keep `warden --help` to what a Warden operator can use.
-cli.params = [param for param in cli.params if param.name not in ("app", "env_file", "debug")]
+cli.params = [param for param in cli.params if param.name not in ("app", "env_file", "debug", "version")]
+click.version_option(package_name="warden", prog_name="warden", message="%(prog)s %(version)s",
+                     help="Show Warden's version and exit.")(cli)
 
 
 def main() -> None:

@@ -133,3 +133,17 @@ def test_serve_refuses_a_certificate_and_key_that_are_not_a_pair(tmp_path):
     result = _warden(tmp_path, f"sqlite:///{tmp_path}/w.db", "serve", "--tls-cert", key, "--tls-key", cert)
     assert result.returncode == 2
     assert "are not a certificate and its private key in PEM" in result.stderr
+
+
+def test_version_names_warden_and_help_offers_only_what_an_operator_can_use():
+    from importlib.metadata import version
+
+    from click.testing import CliRunner
+
+    from app import cli
+
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and result.output == f"warden {version('warden')}\n"
+    options = CliRunner().invoke(cli, ["--help"]).output.split("Commands:")[0]
+    assert "Show Warden's version" in options and "Flask" not in options
+    assert "--app" not in options and "--env-file" not in options and "--debug" not in options
