@@ -80,6 +80,8 @@ def decode_json_object(raw: bytes, max_depth: int = 8) -> dict:
     try:
         # json.loads, minus building a decoder per call: bytes in UTF-8, -16 or -32, as it accepts them.
         body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+    except _RepeatedKey as exc:
+        raise ApiError(400, "bad_json", f"the body is ambiguous JSON: {exc}") from None
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
@@ -108,7 +110,23 @@ def _finite_float(text: str) -> float:
     return value
 
 
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _object_of_unique_keys(pairs: list) -> dict:
+    # JSON parsers disagree on a repeated key (first wins, last wins, error), so a proxy in front of
+    # Warden and Warden itself could each read a different subject from one body: refused.
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        seen: set = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise _RepeatedKey(f"the key {repeated!r} appears more than once in one object")
+    return body
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float,
+                            object_pairs_hook=_object_of_unique_keys)
 
 
 def _shape_problem(body: dict, max_depth: int) -> tuple[str, str] | None:

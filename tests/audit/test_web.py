@@ -28,3 +28,13 @@ def test_the_shortcut_agrees_with_the_full_check(body, ascii_only, encoding, max
     problem = _shape_problem(json.loads(raw), max_depth)
     expected = ("ok", body) if problem is None else problem
     assert outcome(lambda: decode_json_object(raw, max_depth)) == expected
+
+
+def test_a_key_repeated_in_one_object_is_refused_at_any_depth():
+    for raw in (b'{"subject": "alice", "subject": "bob"}', b'{"context": {"a": 1, "b": 2, "a": 3}}',
+                b'{"requests": [{"x": 1}, {"y": 1, "y": 1}]}'):
+        code, message = outcome(lambda: decode_json_object(raw))
+        assert code == "bad_json" and message.startswith("the body is ambiguous JSON: the key ") and \
+            "appears more than once in one object" in message, raw
+    assert outcome(lambda: decode_json_object(b'{"a": {"k": 1}, "b": {"k": 2}}')) == (
+        "ok", {"a": {"k": 1}, "b": {"k": 2}})  # the same key in two objects is two keys

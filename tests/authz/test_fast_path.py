@@ -73,8 +73,9 @@ def test_the_fast_path_answers_well_formed_requests_itself(app, client, auth, wa
     ("good", {"json": {**ALLOWED, "extra": 1}}),
     ("good", {"json": {"subject": "alice"}}),
     ("good", {"data": "x" * (2 * 1024 * 1024 + 1), "content_type": "application/json"}),
+    ("good", {"data": json.dumps(ALLOWED)[:-1] + ', "subject": "bob"}', "content_type": "application/json"}),
 ], ids=["no-token", "bad-token", "bad-json", "nan", "not-object", "not-json-type", "star", "extra-field",
-        "missing-fields", "too-large"])
+        "missing-fields", "too-large", "repeated-key"])
 def test_anything_unusual_gets_flasks_answer(both, auth, token, kwargs):
     headers = {"none": {}, "bad": {"Authorization": "Bearer not-a-token"}, "good": auth}[token]
     first, second = both(headers=headers, **kwargs)
