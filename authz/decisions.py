@@ -90,10 +90,17 @@ class DecisionService:
         `offload(fn)` (a thread pool's submit) instead, so the writer never waits on it.
         Raises AuditUnavailable, before queuing anything, when the decision cannot be made;
         with `memory_only`, NotInMemory when making it needs the database (nothing was queued).
+        The deadline counts from now, so a database read that deciding waits on (a lock held on the
+        ledger head, say) is inside it: past it, `then(None)` and nothing is raised any more.
         """
         later = _Later(self, then, offload, time.monotonic() + self.committer.timeout)
-        self._record([request], service, request_id, None, later, memory_only)
         self._watch(later)
+        try:
+            self._record([request], service, request_id, None, later, memory_only)
+        except Exception:
+            if later.claim():
+                raise  # nothing was queued and nobody answered: the caller answers, or tries elsewhere
+            # The deadline watch answered while deciding waited: that answer stands.
 
     def _watch(self, later: "_Later") -> None:
         """Keep `later` until it is answered; past its deadline, answer it 503 (as `authorize` does

@@ -1,6 +1,7 @@
 """DecisionService.authorize_later: the answer comes from the ledger writer once the record is committed."""
 
 import threading
+import time
 
 import pytest
 from prometheus_client import REGISTRY
@@ -103,6 +104,45 @@ def test_a_commit_that_hangs_is_answered_503_at_the_deadline_and_only_once(warde
         blocker.close()
     warden.committer.submit(lambda conn, memo: ([Entry("test", {})], None))  # the stuck batch is in by now
     assert answers == [None]  # the late commit did not answer a second time
+
+
+@pytest.mark.parametrize("then_the_read", ["returns", "fails"])
+def test_a_decision_stuck_on_a_database_read_is_answered_503_at_the_deadline_and_only_once(
+        warden, load_policy, monkeypatch, then_the_read):
+    """The deadline counts from the request, not from the queued record: a read deciding waits on (a lock
+    held on the ledger head, say) is inside it. Whatever the read does later, nothing more is answered."""
+    load_policy(POLICY)
+    later(warden, ALLOWED)
+    warden.committer.timeout = 1.0
+    answers, released, returned = [], threading.Event(), []
+    real_get = warden.decisions.subjects.get
+
+    def stuck_read(names, memory_only=False):
+        assert released.wait(10)
+        if then_the_read == "fails":
+            raise RuntimeError("the read failed after all")
+        return real_get(names, memory_only)
+
+    monkeypatch.setattr(warden.decisions.subjects, "get", stuck_read)
+    before = len(ledger_rows(warden.engine))
+
+    def request():
+        warden.decisions.authorize_later(parse_authorize(ALLOWED), service="svc", request_id="r1",
+                                         then=answers.append, offload=lambda work: work())
+        returned.append(True)
+
+    caller = threading.Thread(target=request)
+    caller.start()
+    deadline = time.monotonic() + 5
+    while not answers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert answers == [None] and not returned  # 503 while the read still waits
+    released.set()
+    caller.join(10)
+    assert returned == [True]  # no exception for a request answered already
+    warden.committer.submit(lambda conn, memo: ([Entry("test", {})], None))  # any queued record is in by now
+    assert answers == [None]
+    assert len(ledger_rows(warden.engine)) == before + (2 if then_the_read == "returns" else 1)
 
 
 def test_memory_only_refuses_what_needs_the_database_and_queues_nothing(warden, load_policy, make_token):
