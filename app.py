@@ -278,10 +278,12 @@ def serve_command(host, port, workers, threads, tls_cert, tls_key) -> None:
 
 
 def preflight(warden) -> None:
-    """Refuse to start, loudly, when the keys that protect existing data are missing."""
-    from audit.signing import KeyDirError
+    """Refuse to start, loudly, when the keys that protect existing data are missing, or any key is
+    open to other users."""
+    from audit.signing import KeyDirError, refuse_exposed_keys
 
     try:
+        refuse_exposed_keys(Path(warden.vault.keyring.key_dir))
         with warden.engine.connect() as conn:
             warden.vault.check(conn)
     except KeyDirError as exc:

@@ -37,6 +37,16 @@ def read_secret_file(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def refuse_exposed_keys(key_dir: Path) -> None:
+    """Raise KeysOpenToOthers when `key_dir`, if it exists, or a secret key file in it is open to others:
+    checked at start, before any key is needed."""
+    if key_dir.exists():
+        _refuse_open(key_dir, "key directory", 0o700)
+        for path in sorted(key_dir.iterdir()):
+            if path.suffix in (".key", ".pem"):
+                _refuse_open(path, "key file", 0o600)
+
+
 def _refuse_open(path: Path, what: str, fix: int) -> None:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:

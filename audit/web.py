@@ -47,8 +47,10 @@ def _gate():
     encoding = request.headers.get("Content-Encoding", "")
     if encoding.strip(" \t").lower() not in ("", "identity"):
         # Read as it is, a compressed body would be judged as the wrong bytes (RFC 9110, section 15.5.16).
-        return error_response(415, "unsupported_media_type",
-                              f"Content-Encoding {encoding!r} is not supported: send the body uncompressed")
+        response, status = error_response(415, "unsupported_media_type",
+                                          f"Content-Encoding {encoding!r} is not supported: send the body uncompressed")
+        response.headers["Accept-Encoding"] = "identity"
+        return response, status
     # A NUL is never part of a name, an id or a filter, and Postgres text cannot hold one: refused
     # here for every URL, rather than failing later as a database error.
     if "\x00" in request.path or any("\x00" in key or "\x00" in value

@@ -91,7 +91,7 @@ class DecisionService:
         Raises AuditUnavailable, before queuing anything, when the decision cannot be made;
         with `memory_only`, NotInMemory when making it needs the database (nothing was queued).
         The deadline counts from now, so a database read that deciding waits on (a lock held on the
-        ledger head, say) is inside it: past it, `then(None)` and nothing is raised any more.
+        ledger head, say) is inside it: past it, `then(None)`, and then nothing is recorded or raised.
         """
         later = _Later(self, then, offload, time.monotonic() + self.committer.timeout)
         self._watch(later)
@@ -162,14 +162,21 @@ class DecisionService:
             # When one of them is behind, the epoch matches nothing and the writer sorts it out.
             return (*decide(snapshot, subjects), epoch if subjects_epoch == epoch else -1)
 
+        # Answered 503 at its deadline (authorize_later) while deciding waited on the database: the
+        # client was told nothing is recorded, and that deny is counted already.
+        past_deadline = outcome.answered if isinstance(outcome, _Later) else lambda: False
         try:
             with self.committer.expecting() as ticket:  # a lingering writer waits for these records
                 entries, result, epoch = decide_fresh(fresh=False, memory_only=memory_only)
+                if past_deadline():
+                    return
                 self.committer.submit_later(decide_again, outcome, prepared=(entries, result), epoch=epoch,
                                             refresh=decide_fresh, ticket=ticket)
         except NotInMemory:
             raise  # nothing was queued: the caller tries again where the database may be waited on
         except Exception as exc:  # a lost key, a closed writer, anything: no record, so no decision
+            if past_deadline():
+                raise
             raise self._unaudited(len(requests), exc) from exc
 
     @staticmethod

@@ -147,3 +147,20 @@ def test_version_names_warden_and_help_offers_only_what_an_operator_can_use():
     options = CliRunner().invoke(cli, ["--help"]).output.split("Commands:")[0]
     assert "Show Warden's version" in options and "Flask" not in options
     assert "--app" not in options and "--env-file" not in options and "--debug" not in options
+
+
+def test_start_is_refused_when_a_signing_key_others_may_read_lies_in_the_key_directory(app, warden):
+    """Checked before any key is needed: on a fresh database no person's key exists yet, and the signing
+    key is otherwise first read at the first checkpoint (`warden serve` runs this check first)."""
+    from pathlib import Path
+
+    from app import preflight
+    from audit.signing import LedgerSigner
+
+    preflight(warden)  # nothing exposed: no complaint
+    key_dir = Path(app.config["KEY_DIR"])
+    LedgerSigner(key_dir).sign(b"x")
+    (key_dir / "ledger-signing.pem").chmod(0o644)
+    with pytest.raises(click.ClickException, match=f"^refusing to start: key file {key_dir / 'ledger-signing.pem'} "
+                                                   "is open to other users \\(mode 644\\); run: chmod 600 "):
+        preflight(warden)

@@ -124,6 +124,7 @@ def test_a_compressed_body_is_refused_415_and_nothing_is_recorded(both, client, 
     before = ledger_rows(warden.engine)
     first, second = both(json=ALLOWED, headers={**auth, "Content-Encoding": encoding})
     assert first.status_code == 415 and (first.data, first.headers) == (second.data, second.headers)
+    assert first.headers["Accept-Encoding"] == "identity"  # what the server takes (RFC 9110, 15.5.16)
     assert first.get_json()["error"] == {"code": "unsupported_media_type", "message": f"Content-Encoding "
                                          f"{encoding!r} is not supported: send the body uncompressed"}
     assert client.post("/v1/policies", json={}, headers={**auth, "Content-Encoding": encoding}).status_code == 415
