@@ -117,7 +117,10 @@ def user_create(name: str, role: str, password_stdin: bool) -> None:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
         warden = _warden()
-        policy_roles = frozenset(r.role for r in warden.policies.export().roles)
+        policy = warden.policies.export()
+        # A role is what a role row names, or a rule grants to under the role: prefix (a role nobody holds yet).
+        policy_roles = frozenset({r.role for r in policy.roles}
+                                 | {r.subject for r in policy.rules if r.subject.startswith("role:")})
         account = warden.accounts.create(name, role, password, actor=cli_actor(), policy_roles=policy_roles)
     except AccountError as exc:
         raise click.ClickException(str(exc)) from None

@@ -348,6 +348,14 @@ def test_user_create_cli(runner, warden):
     analyst = runner.invoke(args=["user", "create", "cy", "--role", "role:analyst", "--password-stdin"],
                             input=PASSWORD + "\n")
     assert analyst.exit_code == 0, analyst.output
+    warden.policies.apply(parse_policy_csv("p, role:auditor, *, warehouse/*, read, reporting, allow\n"),
+                          replace=False, actor="test")  # granted to, held by nobody yet
+    auditor = runner.invoke(args=["user", "create", "dee", "--role", "role:auditor", "--password-stdin"],
+                            input=PASSWORD + "\n")
+    assert auditor.exit_code == 0, auditor.output
+    person = runner.invoke(args=["user", "create", "eve", "--role", "someone", "--password-stdin"],
+                           input=PASSWORD + "\n")  # a member of a role is not a role
+    assert person.exit_code == 1 and "unknown role 'someone'" in person.output
 
 
 def test_an_erased_account_holder_must_enroll_again(client, warden, enrolled, make_token):
