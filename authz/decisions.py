@@ -96,7 +96,7 @@ class DecisionService:
         later = _Later(self, then, offload, time.monotonic() + self.committer.timeout)
         self._watch(later)
         try:
-            self._record([request], service, request_id, None, later, memory_only)
+            self._record([request], service, request_id, None, later, memory_only, abandoned=later.answered)
         except Exception:
             if later.claim():
                 raise  # nothing was queued and nobody answered: the caller answers, or tries elsewhere
@@ -127,9 +127,12 @@ class DecisionService:
                         log.exception("answering a request past its deadline failed")
 
     def _record(self, requests: list[AuthorizeRequest], service: str, request_id: str,
-                stop: Callable[[Decision], bool] | None, outcome, memory_only: bool = False) -> None:
+                stop: Callable[[Decision], bool] | None, outcome, memory_only: bool = False,
+                abandoned: Callable[[], bool] = lambda: False) -> None:
         """Decide in this thread and queue the records; the writer tells `outcome` how the commit went.
-        `memory_only`: raise NotInMemory, queuing nothing, where deciding needs the database."""
+        `memory_only`: raise NotInMemory, queuing nothing, where deciding needs the database.
+        `abandoned()` true once deciding is done: the caller was answered meanwhile (a 503 at its
+        deadline, counted already), so nothing is queued, and a failure raises as it is, uncounted."""
         names = {item.request.subject for item in requests}
 
         def decide(snapshot: Snapshot, subjects: dict):
@@ -162,20 +165,17 @@ class DecisionService:
             # When one of them is behind, the epoch matches nothing and the writer sorts it out.
             return (*decide(snapshot, subjects), epoch if subjects_epoch == epoch else -1)
 
-        # Answered 503 at its deadline (authorize_later) while deciding waited on the database: the
-        # client was told nothing is recorded, and that deny is counted already.
-        past_deadline = outcome.answered if isinstance(outcome, _Later) else lambda: False
         try:
             with self.committer.expecting() as ticket:  # a lingering writer waits for these records
                 entries, result, epoch = decide_fresh(fresh=False, memory_only=memory_only)
-                if past_deadline():
+                if abandoned():
                     return
                 self.committer.submit_later(decide_again, outcome, prepared=(entries, result), epoch=epoch,
                                             refresh=decide_fresh, ticket=ticket)
         except NotInMemory:
             raise  # nothing was queued: the caller tries again where the database may be waited on
         except Exception as exc:  # a lost key, a closed writer, anything: no record, so no decision
-            if past_deadline():
+            if abandoned():
                 raise
             raise self._unaudited(len(requests), exc) from exc
 
