@@ -14,6 +14,10 @@ lock that every process's writer queues for is held only while the server
 works. If the epoch moved, or an item must read the database while the head is
 locked, the batch takes the careful path: a transaction that locks the head,
 makes the stale items again under the lock, and appends.
+
+An event loop may attach its own appender (audit/loop_commit.py): items its
+thread submits ready-made then go out in the loop's batches, and anything that
+appender does not handle comes back here through `enqueue`.
 """
 
 import logging
@@ -67,17 +71,21 @@ class GroupCommitter:
         self.ledger = ledger
         self.max_batch = max_batch
         self.timeout = timeout
-        self._pending: deque[_Item] = deque()
+        self._pending: deque[Item] = deque()
         self._wake = threading.Condition()
         self._owner_pid = None
         self._closed = False
         self._conn: Connection | None = None  # the writer's own autocommit connection (Postgres)
         self._thread: threading.Thread | None = None
         self.batches = 0  # committed batches, for tests and metrics
+        self._loop: LoopOwner | None = None  # see attach_loop
 
     def expecting(self) -> "_Ticket":
         """Say a submit is on its way, so a lingering writer waits for it: a context manager whose
         ticket (pass it to `submit`) is given up on leaving, should nothing have been submitted."""
+        loop = self._loop
+        if loop is not None and loop.on_loop_thread():
+            return _UNCOUNTED  # the loop sends its own batches: the writer has nothing to wait for
         return _Ticket(self)
 
     def _arrived(self, ticket: "_Ticket") -> None:
@@ -100,9 +108,8 @@ class GroupCommitter:
         Otherwise `prepare` runs in the writer before the lock; it must only read.
         Raises Refused when `prepare` refused, CommitFailed when the batch did not commit.
         """
-        slot = Waiter()
-        self.submit_later(prepare, slot, prepared=prepared, epoch=epoch, refresh=refresh,
-                          under_lock=under_lock, ticket=ticket)
+        slot = Waiter()  # never the loop's: its thread would wait here for its own next round
+        self.enqueue(Item(prepare, slot, under_lock, prepared, epoch, refresh), ticket)
         return slot.result(self.timeout)
 
     def submit_later(self, prepare: Prepare, outcome: "Outcome", *, prepared: tuple[list[Entry], Any] | None = None,
@@ -112,15 +119,31 @@ class GroupCommitter:
         the batch is committed, or `outcome.set_exception(Refused | CommitFailed)`; exactly one of them,
         once. They run in the writer, so they must be quick (every later batch waits for them).
         Raises CommitFailed at once when the writer is closed."""
+        item = Item(prepare, outcome, under_lock, prepared, epoch, refresh)
+        loop = self._loop
+        if loop is not None and prepared is not None and not under_lock and loop.on_loop_thread():
+            if self._closed:
+                raise CommitFailed("the ledger writer is closed")
+            loop.take(item)  # the loop's own batch, sent when its round of events is done
+            return
+        self.enqueue(item, ticket)
+
+    def enqueue(self, item: "Item", ticket: "_Ticket | None" = None) -> None:
+        """Queue `item` for the writer thread (see `submit_later`)."""
         with self._wake:
             if self._closed:
                 raise CommitFailed("the ledger writer is closed")
             self._ensure_writer()
-            self._pending.append(_Item(prepare, outcome, under_lock, prepared, epoch, refresh))
+            self._pending.append(item)
             if ticket is not None and not ticket.used:
                 self._arrived(ticket)  # wakes a lingering writer when this was the last one coming
             if self._idle:  # otherwise the writer looks at the queue anyway when it is done
                 self._wake.notify()
+
+    def attach_loop(self, loop: "LoopOwner | None") -> None:
+        """Let `loop` (audit/loop_commit.py) append what callers on its thread submit with entries
+        made already; None detaches it. Everything else still goes to the writer thread."""
+        self._loop = loop
 
     def _ensure_writer(self) -> None:
         if self._owner_pid != current_pid():  # first use, or a forked child: threads do not survive fork
@@ -164,7 +187,7 @@ class GroupCommitter:
             self._concurrent = len(batch) > 1
             self._commit(batch)
 
-    def _commit(self, batch: list["_Item"]) -> None:
+    def _commit(self, batch: list["Item"]) -> None:
         refused: list[tuple[Outcome, BaseException]] = []
         started = time.perf_counter()
         try:
@@ -172,19 +195,19 @@ class GroupCommitter:
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear of any failure
             failure = CommitFailed(f"{type(exc).__name__}: {exc}")
             for item in batch:
-                _tell(item.outcome.set_exception, failure)
+                tell(item.outcome.set_exception, failure)
             return
         appended, results = done
         COMMIT_SECONDS.observe(time.perf_counter() - started)
         BATCH_SIZE.observe(len(appended))
         # Answers go out only now, after the commit and with the connection back in the pool.
         for outcome, refusal in refused:
-            _tell(outcome.set_exception, refusal)
+            tell(outcome.set_exception, refusal)
         self.batches += 1
         for outcome, start, end, result in results:
-            _tell(outcome.set_result, (appended[start:end], result))
+            tell(outcome.set_result, (appended[start:end], result))
 
-    def _commit_at_once(self, batch: list["_Item"], refused: list) -> tuple | None:
+    def _commit_at_once(self, batch: list["Item"], refused: list) -> tuple | None:
         """The batch as one autocommitted statement (Postgres); None when it needs the careful path.
 
         Items made for an older epoch are made again once, outside any lock, from fresh
@@ -202,7 +225,7 @@ class GroupCommitter:
             conn = self._connection()
             try:
                 prepared = _prepare(batch, conn, {}, refusals, under_lock=False)
-                entries, results = _gather(batch, prepared, refusals, self.ledger)
+                entries, results = gather(batch, prepared, refusals, self.ledger)
                 appended = self.ledger.append(conn, entries, expect_epoch=next(iter(epochs), None))
             except StaleEpoch as stale:
                 if retry or not _refresh(batch, stale.epoch):
@@ -232,7 +255,7 @@ class GroupCommitter:
             except Exception:  # noqa: BLE001 - it is being thrown away either way
                 pass
 
-    def _commit_carefully(self, batch: list["_Item"], refused: list) -> tuple:
+    def _commit_carefully(self, batch: list["Item"], refused: list) -> tuple:
         """Lock the head in a transaction, make again what was made for an older epoch, and append."""
         with self.engine.begin() as conn:
             memo: dict = {}
@@ -243,7 +266,7 @@ class GroupCommitter:
             for index in stale:
                 del prepared[index]
             prepared.update(_prepare(batch, conn, memo, refused, under_lock=True, also=stale))
-            entries, results = _gather(batch, prepared, refused, self.ledger)
+            entries, results = gather(batch, prepared, refused, self.ledger)
             return self.ledger.append(conn, entries, head=head), results
 
 
@@ -255,7 +278,7 @@ class Outcome(Protocol):
     def set_exception(self, error: BaseException) -> None: ...
 
 
-def _tell(method: Callable[[Any], None], value: Any) -> None:
+def tell(method: Callable[[Any], None], value: Any) -> None:
     """Hand one caller its outcome; a caller whose handler fails must not cost the others theirs."""
     try:
         method(value)
@@ -282,6 +305,30 @@ class _Ticket:
         if not self.used:  # it failed before submitting
             with self.committer._wake:
                 self.committer._arrived(self)
+
+
+class _Uncounted:
+    """The ticket of a caller on an attached loop's thread: the writer thread waits for nobody there."""
+
+    __slots__ = ()
+    used = True
+
+    def __enter__(self) -> "_Uncounted":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+
+_UNCOUNTED = _Uncounted()
+
+
+class LoopOwner(Protocol):
+    """An event loop's appender that the committer hands its thread's items to (audit/loop_commit.py)."""
+
+    def on_loop_thread(self) -> bool: ...
+
+    def take(self, item: "Item") -> None: ...
 
 
 class Waiter:
@@ -312,7 +359,9 @@ class Waiter:
 
 
 @dataclass(slots=True)
-class _Item:
+class Item:
+    """One caller's submit: how to make its entries, where to tell it the outcome, and what it made."""
+
     prepare: Prepare
     outcome: "Outcome"
     under_lock: bool
@@ -321,7 +370,7 @@ class _Item:
     refresh: Callable[[], tuple[list[Entry], Any, int]] | None = None
 
 
-def _prepare(batch: list[_Item], conn: Connection, memo: dict, refused: list, *,
+def _prepare(batch: list[Item], conn: Connection, memo: dict, refused: list, *,
              under_lock: bool, also: set[int] = frozenset()) -> dict[int, tuple[list[Entry], Any]]:
     """Run the prepare of each item due now; one that refuses or chokes on its own data fails alone.
 
@@ -342,7 +391,7 @@ def _prepare(batch: list[_Item], conn: Connection, memo: dict, refused: list, *,
     return prepared
 
 
-def _refresh(batch: list[_Item], epoch: int | None = None) -> bool:
+def _refresh(batch: list[Item], epoch: int | None = None) -> bool:
     """Make again, from fresh state, every item not made for `epoch` (all of them when None); False when
     one cannot be (then the careful path makes it under the lock)."""
     for index, item in enumerate(batch):
@@ -358,7 +407,7 @@ def _refresh(batch: list[_Item], epoch: int | None = None) -> bool:
     return True
 
 
-def _gather(batch: list[_Item], prepared: dict, refused: list, ledger: Ledger) -> tuple[list[Entry], list]:
+def gather(batch: list[Item], prepared: dict, refused: list, ledger: Ledger) -> tuple[list[Entry], list]:
     """All entries in batch order, and where each caller's records will be; an item whose data
     cannot be serialized is refused alone."""
     entries, results = [], []

@@ -39,7 +39,7 @@ class Entry:
 
     @cached_property
     def server_row(self) -> str:
-        """This entry as one element of the Postgres append's JSON batch (see `_append_on_server`)."""
+        """This entry as one element of the Postgres append's JSON batch (see `server_batch`)."""
         return _SERVER_ROW.encode([self.kind, canonical_json(self.kind), self.data_json,
                                    *(self.index.get(name) for name in REPEATED_COLUMNS[1:])])
 
@@ -176,23 +176,35 @@ class Ledger:
 # Columns that repeat what the hashed body says (for search and retention).
 REPEATED_COLUMNS = ("created_at", "decision_id", "subject", "domain", "object", "action", "allowed")
 _NO_INDEX = dict.fromkeys(REPEATED_COLUMNS[1:])
-_APPEND = "SELECT seq, hash, created_at, epoch FROM warden_ledger_append(%s, %s, %s, %s::jsonb)"
+# The append function of migration 0005, called with (expect_epoch, bump_epoch, time, entries as JSON).
+APPEND_CALL = "SELECT seq, hash, epoch FROM warden_ledger_append($1::bigint, $2::boolean, $3::timestamptz, $4::jsonb)"
+_APPEND = "SELECT seq, hash, epoch FROM warden_ledger_append(%s, %s, %s, %s::jsonb)"
+
+
+def server_batch(entries: list[Entry]) -> str:
+    """The entries argument of the Postgres append: one JSON text, far cheaper to send than an
+    array per column."""
+    return "[" + ",".join(e.server_row for e in entries) + "]"
+
+
+def appended_on_server(rows: list[tuple], at: datetime) -> list[Appended]:
+    """What the append function's rows (seq, hash, epoch) say, for a call made with time `at`;
+    raises StaleEpoch when it appended nothing because the head's epoch had moved."""
+    if rows and rows[0][0] is None:
+        raise StaleEpoch(int(rows[0][2]))
+    return [Appended(int(seq), record_hash, at) for seq, record_hash, _ in rows]
 
 
 def _append_on_server(conn: Connection, entries: list[Entry], expect_epoch: int | None,
                       bump_epoch: bool) -> list[Appended]:
     # One statement chains and inserts the whole batch (migration 0005), so on Postgres
-    # the head lock never waits for this process between round trips. The entries go as
-    # one JSON text: far cheaper to send than an array per column.
-    batch = "[" + ",".join(e.server_row for e in entries) + "]"
+    # the head lock never waits for this process between round trips.
     cursor = conn.connection.dbapi_connection.cursor()
+    # The time is this process's clock, as on SQLite (one clock per writer, freezable in tests).
+    at = utcnow()
     try:
-        # The time is this process's clock, as on SQLite (one clock per writer, freezable in tests).
-        cursor.execute(_APPEND, (expect_epoch, bump_epoch, utcnow(), batch))
+        cursor.execute(_APPEND, (expect_epoch, bump_epoch, at, server_batch(entries)))
         rows = cursor.fetchall()
     finally:
         cursor.close()
-    if rows and rows[0][0] is None:
-        raise StaleEpoch(rows[0][3])
-    return [Appended(seq, record_hash, created_at) for seq, record_hash, created_at, _ in rows]
-
+    return appended_on_server(rows, at)

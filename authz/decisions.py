@@ -84,10 +84,11 @@ class DecisionService:
                         memory_only: bool = False) -> None:
         """Decide one request and queue its record without waiting for the commit.
 
-        Once the record is committed, `then(answer)` is called in the ledger writer
-        thread; `then(None)` if it could not be (deny with 503). When the decision
-        opens a review item, which takes a database write, `then` is called from
-        `offload(fn)` (a thread pool's submit) instead, so the writer never waits on it.
+        Once the record is committed, `then(answer)` is called in the thread that appended it
+        (the ledger writer, or an event loop's own appender: see GroupCommitter.attach_loop);
+        `then(None)` if it could not be (deny with 503). When the decision opens a review item,
+        which takes a database write, `then` is called from `offload(fn)` (a thread pool's submit)
+        instead, so the appender never waits on it.
         Raises AuditUnavailable, before queuing anything, when the decision cannot be made;
         with `memory_only`, NotInMemory when making it needs the database (nothing was queued).
         The deadline counts from now, so a database read that deciding waits on (a lock held on the

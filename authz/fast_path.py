@@ -9,8 +9,9 @@ object, a field the parser refuses, a body without a length or over the limit â€
 is handed to Flask untouched, so every error keeps its one implementation.
 
 Under `warden serve`, authz/worker.py calls `answer_later` instead: the same
-checks, but the answer is made by the ledger writer once the record is
-committed (and written by the worker's poller thread), and no thread waits for it.
+checks, but the answer is made once the record is committed (by whoever appended
+it: the worker's poller or the ledger writer) and written by the worker's poller
+thread, and no thread waits for it.
 """
 
 import io
@@ -52,7 +53,7 @@ class AuthorizeFastPath:
                      offload: Callable[[Callable[[], None]], object], memory_only: bool = False) -> bool:
         """Take the request as `__call__` would, but answer without waiting for the commit: queue the
         record and return True; `then(status line, body)` is called once it is committed (in the
-        ledger writer thread, or through `offload`; see DecisionService.authorize_later). False: not
+        thread that appended it, or through `offload`; see DecisionService.authorize_later). False: not
         taken, and nothing was answered (Flask must answer, on this `environ`). `memory_only`: raise
         NotInMemory, having answered and queued nothing, where deciding would wait on the database
         (an uncached token, person or policy); the same `environ` can then be taken again without it."""

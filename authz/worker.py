@@ -5,17 +5,24 @@ On gthread a request keeps its pool thread until the answer is written. For
 `/v1/authorize` that is a thread asleep on the ledger commit, and when a batch
 lands, dozens of threads wake at once and queue for the GIL (the ledger writer
 among them). Here the request is decided and its record queued, and the thread
-is free. Once the batch is committed, the ledger writer makes each answer and
-queues it for the poller thread; the first of a batch wakes the poller, once for
-the batch (a poller busy with other events writes them between two of those).
-The poller writes them: a few hundred bytes that a healthy socket takes at once
-(a non-blocking send). Then it puts each connection back on its loop, so a
-client's next request is read only once this answer is out (answers stay in
+is free. Once the batch is committed, each answer is made and queued for the
+poller thread, which writes it: a few hundred bytes that a healthy socket takes
+at once (a non-blocking send). Then it puts each connection back on its loop, so
+a client's next request is read only once this answer is out (answers stay in
 order). A socket that does not take the whole answer is finished on a pool
-thread, and a decision that opens a review item is answered from one. The writer
-makes no socket call, so while it waits on the next commit the poller has the
-GIL to itself. An answer whose commit does not come within the
-committer's timeout is a 503 deny (see DecisionService.authorize_later).
+thread, and a decision that opens a review item is answered from one. An answer
+whose commit does not come within the committer's timeout is a 503 deny (see
+DecisionService.authorize_later).
+
+Who appends: on Postgres, what the poller decides it also sends to the database
+itself, one batch per round of events, with libpq's non-blocking calls
+(audit/loop_commit.py), and it reads each batch's outcome when the connection's
+socket turns readable; a batch in flight does not hold the poller. A writer
+thread beside the poller cost more than the append: every hand-off was a GIL
+transfer and a context switch. Everything else (requests decided on pool
+threads, SQLite, whatever the loop leaves) goes to the ledger writer thread,
+which queues the answers for the poller; the first of a batch wakes the poller,
+once for the batch, and the others ride along.
 
 Where the request is decided: when a kept-alive plain-HTTP connection turns
 readable and what it has sent (read without waiting) is one whole plain
@@ -50,12 +57,14 @@ import os
 import selectors
 import socket
 import ssl
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
 from functools import cached_property, partial
+from typing import TYPE_CHECKING
 
 from gunicorn import SERVER, http, util
 from gunicorn.http import wsgi
@@ -64,6 +73,9 @@ from gunicorn.workers import gthread
 from audit.memory import NotInMemory
 from authz.access_log import log_access
 from authz.inline_http import REQUEST_LINE, InlineParser, InlineRequest
+
+if TYPE_CHECKING:
+    from audit.loop_commit import LoopCommitter
 
 _PATH = "/v1/authorize"
 _LATER = object()  # handle_request's result when the answer comes once the record is committed
@@ -78,6 +90,8 @@ class WardenWorker(gthread.ThreadWorker):
         self._lingering: dict = {}  # closing sockets: [deadline, bytes drained]
         self._unwritten: deque = deque()  # answers for the poller to write (see _answer)
         self._writing_due = False  # whether the poller has been asked to write them
+        self._poller_thread: int | None = None  # set once the loop runs
+        self._loop_commit = None  # audit/loop_commit.py's LoopCommitter, on Postgres
         # gunicorn answers what it cannot parse (a request line over its limit, a malformed header)
         # itself, in HTML; in this worker's process those answers are Warden's JSON error shape too.
         util.write_error = _json_error
@@ -88,7 +102,24 @@ class WardenWorker(gthread.ThreadWorker):
         # collector stops walking it on every full collection (about 8% of the CPU under load, else).
         gc.collect()
         gc.freeze()
-        super().run()
+        self._poller_thread = threading.get_ident()
+        self._loop_commit = self._loop_committer()
+        try:
+            super().run()
+        finally:
+            if self._loop_commit is not None:
+                self._loop_commit.close()
+
+    def _loop_committer(self) -> "LoopCommitter | None":
+        """The appender of what the poller decides (audit/loop_commit.py), started; None where the poller
+        decides nothing or the ledger is not on Postgres (the ledger writer thread appends then)."""
+        warden = getattr(self.wsgi, "extensions", {}).get("warden")
+        if self._inline_parser is None or warden is None or warden.engine.dialect.name != "postgresql":
+            return None
+        from audit.loop_commit import LoopCommitter  # imports psycopg, which SQLite installs may lack
+        loop = LoopCommitter(warden.committer, self.poller, self._offload, self.method_queue.defer)
+        loop.start()
+        return loop
 
     @cached_property
     def _fast_path(self):
@@ -177,6 +208,7 @@ class WardenWorker(gthread.ThreadWorker):
         # As gthread's, except that answers queued meanwhile are written after each event, not when the
         # method queue's turn comes in this batch of events: a committed decision's answer would wait
         # behind every request the batch holds (about 10 ms under load, measured), its connection idle.
+        # The records this round decided go to the database as one batch once the round is done.
         try:
             for key, _ in self.poller.select(timeout):
                 key.data(key.fileobj)
@@ -185,6 +217,10 @@ class WardenWorker(gthread.ThreadWorker):
         except OSError as e:
             if e.errno != errno.EINTR:
                 raise
+        if self._loop_commit is not None:
+            self._loop_commit.send()
+            if self._unwritten:
+                self._drain_answers()
 
     def _keepalive_after(self, conn, keepalive):
         # The fast path has read the whole body: there is nothing to drain.
@@ -236,6 +272,8 @@ class WardenWorker(gthread.ThreadWorker):
         wakes the poller, and the others ride along, so a batch costs the poller one wake-up and the
         writer no socket call: while it waits on the next commit, the poller has the GIL to itself."""
         self._unwritten.append((conn, req, resp, environ, started, status, body))
+        if threading.get_ident() == self._poller_thread:
+            return  # told by the loop's own batch: the poller writes it before it waits again
         if not self._writing_due:
             self._writing_due = True
             self.method_queue.defer(self._write_answers)

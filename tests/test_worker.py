@@ -481,7 +481,7 @@ def test_answers_queued_while_the_poller_dispatches_events_are_written_before_th
     deferred, finished, order = [], [], []
     worker = types.SimpleNamespace(
         _unwritten=deque(), _writing_due=False, method_queue=types.SimpleNamespace(defer=deferred.append),
-        _written=lambda req, resp, environ, started, length: True,
+        _written=lambda req, resp, environ, started, length: True, _poller_thread=None, _loop_commit=None,
         finish_request=lambda conn, fs: finished.append(conn))
     worker._drain_answers = lambda: WardenWorker._drain_answers(worker)
     worker._write_answers = lambda: WardenWorker._write_answers(worker)
@@ -518,7 +518,7 @@ def test_a_batch_of_answers_wakes_the_poller_once_and_each_is_written():
     deferred, finished = [], []
     worker = types.SimpleNamespace(
         _unwritten=deque(), _writing_due=False, method_queue=types.SimpleNamespace(defer=deferred.append),
-        _written=lambda req, resp, environ, started, length: length == 2,
+        _written=lambda req, resp, environ, started, length: length == 2, _poller_thread=None,
         finish_request=lambda conn, fs: finished.append((conn, fs.result())))
     worker._drain_answers = lambda: WardenWorker._drain_answers(worker)
     worker._write_answers = lambda: WardenWorker._write_answers(worker)
@@ -534,6 +534,46 @@ def test_a_batch_of_answers_wakes_the_poller_once_and_each_is_written():
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"] * 3
         WardenWorker._answer(worker, conns[3], None, _StubResponse(), {}, None, "200 OK", b"{}")
         assert len(deferred) == 2
+    finally:
+        for server, client in pairs:
+            server.close()
+            client.close()
+
+
+def test_the_pollers_own_batch_goes_out_after_the_round_and_its_answers_need_no_wake_up():
+    """On Postgres the poller appends what it decides (audit/loop_commit.py): the round's records are sent
+    once every event of the round is handled, and answers told on the poller itself (by its batch's
+    outcome, or at once when sending fails) are written before it waits again, without a wake-up."""
+    from collections import deque
+
+    deferred, finished, order = [], [], []
+    worker = types.SimpleNamespace(
+        _unwritten=deque(), _writing_due=False, method_queue=types.SimpleNamespace(defer=deferred.append),
+        _written=lambda req, resp, environ, started, length: True, _poller_thread=threading.get_ident(),
+        finish_request=lambda conn, fs: finished.append(conn))
+    worker._drain_answers = lambda: WardenWorker._drain_answers(worker)
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        conns = [types.SimpleNamespace(sock=server) for server, _ in pairs]
+
+        def send():
+            order.append(f"send, {len(finished)} answer(s) written")
+            WardenWorker._answer(worker, conns[1], None, _StubResponse(), {}, None, "503 SERVICE UNAVAILABLE", b"{}")
+
+        def batch_committed(fileobj):
+            order.append("committed")
+            WardenWorker._answer(worker, conns[0], None, _StubResponse(), {}, None, "200 OK", b"{}")
+
+        worker._loop_commit = types.SimpleNamespace(send=send)
+        keys = [(types.SimpleNamespace(data=callback, fileobj=None), None)
+                for callback in (batch_committed, lambda fileobj: order.append("decide"))]
+        worker.poller = types.SimpleNamespace(select=lambda timeout: keys)
+        WardenWorker.wait_for_and_dispatch_events(worker, 1.0)
+        assert order == ["committed", "decide", "send, 1 answer(s) written"]
+        assert finished == conns and not worker._unwritten
+        assert deferred == [] and not worker._writing_due
+        assert [client.recv(100).split(b"\r\n")[0] for _, client in pairs] == [
+            b"HTTP/1.1 200 OK", b"HTTP/1.1 503 SERVICE UNAVAILABLE"]
     finally:
         for server, client in pairs:
             server.close()
