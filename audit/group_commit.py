@@ -117,11 +117,14 @@ class GroupCommitter:
                      under_lock: bool = False, ticket: "_Ticket | None" = None) -> None:
         """`submit` without waiting: the writer thread calls `outcome.set_result((records, result))` once
         the batch is committed, or `outcome.set_exception(Refused | CommitFailed)`; exactly one of them,
-        once. They run in the writer, so they must be quick (every later batch waits for them).
+        once. They run in the appending thread (the writer, or an attached loop), so they must be quick
+        (every later batch waits for them).
         Raises CommitFailed at once when the writer is closed."""
         item = Item(prepare, outcome, under_lock, prepared, epoch, refresh)
         loop = self._loop
-        if loop is not None and prepared is not None and not under_lock and loop.on_loop_thread():
+        # Never a Waiter: whoever waits on it would be the loop's own thread, and the loop would stop.
+        if (loop is not None and prepared is not None and not under_lock and not isinstance(outcome, Waiter)
+                and loop.on_loop_thread()):
             if self._closed:
                 raise CommitFailed("the ledger writer is closed")
             loop.take(item)  # the loop's own batch, sent when its round of events is done

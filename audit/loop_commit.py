@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 
 _STATEMENT = b"warden_ledger_append"
 _RECONNECT_SECONDS = 1.0
+_CONNECT_TIMEOUT = 10  # seconds; a request thread waits for it
+
+
+def _integer(value: bytes | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("ascii")
 
 
 class LoopCommitter:
@@ -77,38 +86,53 @@ class LoopCommitter:
     def send(self) -> None:
         """Send what is queued as one batch, unless a batch is in flight: then it goes once that one is
         answered. Without a connection, or with entries made for different epochs, the writer thread
-        appends them."""
-        if not self._queued or self._in_flight is not None:
+        appends them. Called every round, it also reconnects, and gives up on a batch in flight for
+        longer than the committer's timeout (a connection gone silent)."""
+        if self._conn is None and not self._connecting:
+            self._connect_soon()
+        if self._in_flight is not None:
+            if time.perf_counter() - self._in_flight[3] > self.committer.timeout:
+                self._lost(TimeoutError(f"no answer to a batch within {self.committer.timeout:.0f}s"))
+            else:
+                return
+        if not self._queued:
             return
-        items, self._queued = self._queued, []
+        limit = self.committer.max_batch
+        items, self._queued = self._queued[:limit], self._queued[limit:]
         epochs = {item.epoch for item in items}
         if self._conn is None or len(epochs) != 1 or (epoch := epochs.pop()) is None or epoch < 0:
-            if self._conn is None:
-                self._connect_soon()
             self._hand_over(items)
             return
-        refused: list = []
-        entries, results = gather(items, {i: item.prepared for i, item in enumerate(items)}, refused,
-                                  self.committer.ledger)
+        try:
+            refused: list = []
+            entries, results = gather(items, {i: item.prepared for i, item in enumerate(items)}, refused,
+                                      self.committer.ledger)
+        except Exception:  # noqa: BLE001 - not this loop's to judge: nobody was told anything yet
+            log.exception("making the event loop's ledger batch failed")
+            self._hand_over(items)
+            return
         for outcome, refusal in refused:
             tell(outcome.set_exception, refusal)
         if refused:  # told already: only the others are in the batch
             gone = {id(outcome) for outcome, _ in refused}
             items = [item for item in items if id(item.outcome) not in gone]
-        if not entries:
+        if not entries:  # nothing to append (none of them made an entry): done as it stands
+            for outcome, _, _, made in results:
+                tell(outcome.set_result, ([], made))
             return
         at = utcnow()
         try:
             self._conn.pgconn.send_query_prepared(_STATEMENT, [
                 str(epoch).encode(), b"f", at.isoformat().encode(), server_batch(entries).encode()])
-            self._in_flight = (items, results, at, time.perf_counter())
+        except Exception as exc:  # noqa: BLE001 - not sent (libpq sends the Sync last): nothing committed
+            self._lost(exc)
+            self._hand_over(items)
+            return
+        self._in_flight = (items, results, at, time.perf_counter())
+        try:
             self._flush()
-        except psycopg.Error as exc:
-            if self._in_flight is None:  # not sent: nothing of it can have committed, so another may try
-                self._lost(exc)
-                self._hand_over(items)
-            else:
-                self._lost(exc)
+        except Exception as exc:  # noqa: BLE001 - maybe sent: its outcome is unknown
+            self._lost(exc)
 
     def _flush(self) -> None:
         """Hand libpq's unsent bytes to the socket; watch for it to take more if it did not take them all."""
@@ -139,7 +163,7 @@ class LoopCommitter:
                 return  # more is on its way
             if pgconn.status != pq.ConnStatus.OK:
                 raise psycopg.OperationalError(pgconn.get_error_message() or "connection lost")
-        except psycopg.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever it was, this connection's state is unknown
             self._lost(exc)
             return
         results, self._results = self._results, []
@@ -152,18 +176,24 @@ class LoopCommitter:
         self._in_flight = None
         failed = [result for result in results if result.status != pq.ExecStatus.TUPLES_OK]
         if failed or len(results) != 1:
+            # The server said the transaction ended without a commit: nothing of the batch is in the
+            # ledger. The writer tries it again on its own connection (it fails them, should the
+            # database refuse again), and this one is made anew: what failed may be this session's own
+            # state (a plan cached for a function since replaced, say).
             message = (failed[0].error_message or b"").decode("utf-8", "replace").strip() if failed else ""
-            self._fail(items, psycopg.DatabaseError(message or "the append gave no rows"))
+            self._lost(psycopg.DatabaseError(message or "the append gave no rows"))
+            self._hand_over(items)
             return
         result = results[0]
-        rows = [(result.get_value(row, 0), result.get_value(row, 1), result.get_value(row, 2))
-                for row in range(result.ntuples)]
         try:
             appended = appended_on_server(
-                [(None if seq is None else int(seq), None if digest is None else digest.decode("ascii"), epoch)
-                 for seq, digest, epoch in rows], at)
+                [(_integer(result.get_value(row, 0)), _text(result.get_value(row, 1)), result.get_value(row, 2))
+                 for row in range(result.ntuples)], at)
         except StaleEpoch:
             self._hand_over(items)  # appended nothing: the writer makes them again from fresh state
+            return
+        except Exception as exc:  # noqa: BLE001 - committed, but what landed where is unreadable
+            self._fail(items, exc)
             return
         COMMIT_SECONDS.observe(time.perf_counter() - started)
         BATCH_SIZE.observe(len(appended))
@@ -172,11 +202,12 @@ class LoopCommitter:
             tell(outcome.set_result, (appended[start:end], made))
 
     def _hand_over(self, items: list[Item]) -> None:
+        """Give `items` to the writer thread (each is told by it, or here if it cannot take them)."""
         for item in items:
             try:
                 self.committer.enqueue(item)
-            except CommitFailed as exc:
-                tell(item.outcome.set_exception, exc)
+            except Exception as exc:  # noqa: BLE001 - closed, or no thread to be had: a deny, not a silence
+                tell(item.outcome.set_exception, exc if isinstance(exc, CommitFailed) else CommitFailed(str(exc)))
 
     @staticmethod
     def _fail(items: list[Item], exc: BaseException) -> None:
@@ -192,7 +223,6 @@ class LoopCommitter:
         self._disconnect()
         if in_flight is not None:
             self._fail(in_flight[0], exc)
-        self._connect_soon()
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
@@ -209,23 +239,21 @@ class LoopCommitter:
                 pass
 
     def _connect_soon(self) -> None:
-        """Connect on another thread, no sooner than a second after the last try."""
-        if self._connecting or self._closed:
+        """Connect on another thread, no sooner than a second after the last try (`send` asks again)."""
+        if self._connecting or self._closed or time.monotonic() < self._next_connect:
             return
-        now = time.monotonic()
-        wait = max(0.0, self._next_connect - now)
-        self._connecting, self._next_connect = True, now + wait + _RECONNECT_SECONDS
-        self.offload(lambda: self._connect(wait))
+        self._connecting, self._next_connect = True, time.monotonic() + _RECONNECT_SECONDS
+        self.offload(self._connect)
 
-    def _connect(self, wait: float) -> None:
+    def _connect(self) -> None:
         """On another thread: a connection of its own (not the pool's), the statement prepared."""
         conn = None
-        time.sleep(wait)
         try:
-            fairy = self.committer.engine.raw_connection()
-            conn = fairy.driver_connection
-            fairy.detach()  # this connection lives outside the pool
-            conn.autocommit = True
+            engine = self.committer.engine
+            args, params = engine.dialect.create_connect_args(engine.url)
+            # UTF-8 whatever the server or environment default: the batch is sent as UTF-8 bytes.
+            params = {"connect_timeout": _CONNECT_TIMEOUT, **params, "client_encoding": "UTF8", "autocommit": True}
+            conn = psycopg.Connection.connect(*args, **params)
             prepared = conn.pgconn.prepare(_STATEMENT, APPEND_CALL.encode())
             if prepared.status != pq.ExecStatus.COMMAND_OK:
                 raise psycopg.DatabaseError((prepared.error_message or b"").decode("utf-8", "replace"))
@@ -235,7 +263,11 @@ class LoopCommitter:
             if conn is not None:
                 conn.close()
             conn = None
-        self.call_soon(lambda: self._connected(conn))
+        try:
+            self.call_soon(lambda: self._connected(conn))
+        except Exception:  # noqa: BLE001 - the loop is gone (the worker stopped)
+            if conn is not None:
+                conn.close()
 
     def _connected(self, conn: psycopg.Connection | None) -> None:
         self._connecting = False

@@ -267,10 +267,11 @@ class WardenWorker(gthread.ThreadWorker):
     def _answer(self, conn, req, resp, environ: dict, started: datetime, status: str, body: bytes) -> None:
         """Queue the answer for the poller thread, which writes it (see _write_answers).
 
-        Runs in the ledger writer (or a pool thread, or the deadline watch): it must not raise, nor
-        wait. The ledger writer tells a whole batch one answer after another; the first one queued
-        wakes the poller, and the others ride along, so a batch costs the poller one wake-up and the
-        writer no socket call: while it waits on the next commit, the poller has the GIL to itself."""
+        Runs in whichever thread appended the record (the poller itself on Postgres, else the ledger
+        writer), or a pool thread, or the deadline watch: it must not raise, nor wait. On the poller it
+        only queues: the poller writes the answer before it waits for events again. Elsewhere the
+        first answer queued wakes the poller, and the others of the batch ride along, so a batch costs
+        the poller one wake-up and the writer no socket call."""
         self._unwritten.append((conn, req, resp, environ, started, status, body))
         if threading.get_ident() == self._poller_thread:
             return  # told by the loop's own batch: the poller writes it before it waits again

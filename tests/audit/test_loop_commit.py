@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from audit.db import make_engine
-from audit.group_commit import CommitFailed, GroupCommitter
+from audit.group_commit import CommitFailed, GroupCommitter, Waiter
 from audit.ledger import Entry, Ledger
 from audit.loop_commit import LoopCommitter
 from audit.verify import verify_ledger
@@ -159,10 +159,12 @@ def test_a_batch_is_told_only_once_its_commit_is_done_and_a_failed_commit_fails_
         loop.until(lambda: all(t.times for t in told))
     finally:
         sql(committer, "DROP TRIGGER at_commit ON ledger_records", "DROP FUNCTION refuse_at_commit()")
+    # The writer tried them again, and the database refused them again.
     assert all(isinstance(t.error, CommitFailed) and "refused at commit" in str(t.error) for t in told)
-    again = submit(committer, "again", epoch)  # the same connection goes on
+    loop.until(lambda: loop.appender._conn is not None)
+    again = submit(committer, "again", epoch)
     loop.until(lambda: again.times)
-    assert again.seqs == [1] and loop.appender.batches == 1
+    assert again.seqs == [1] and again.thread == threading.get_ident() and loop.appender.batches == 1
     assert verify_ledger(committer.engine, None).ok
 
 
@@ -237,3 +239,58 @@ def test_an_entry_that_cannot_be_serialized_is_refused_alone(committer, loop):
     loop.until(lambda: bad.times and good.times)
     assert isinstance(bad.error, TypeError) and bad.times == 1
     assert good.seqs == [1] and loop.appender.batches == 1
+
+
+def test_a_batch_the_database_refuses_is_tried_again_by_the_writer_on_a_new_connection(committer, loop):
+    """An error ends the transaction without a commit, so nothing of the batch is in the ledger: the writer
+    tries it on its own connection, and the loop makes its own anew (the error may be that session's)."""
+    loop.connected()
+    first = loop.appender._conn
+    sql(committer, "CREATE SEQUENCE refusals",
+        "CREATE FUNCTION refuse_once() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN IF nextval('refusals') = 1 THEN RAISE EXCEPTION 'refused once'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER refuse_once BEFORE INSERT ON ledger_records FOR EACH ROW EXECUTE FUNCTION refuse_once()")
+    try:
+        told = submit(committer, "refused, then taken", epoch_now(committer))
+        loop.until(lambda: told.times)
+    finally:
+        sql(committer, "DROP TRIGGER refuse_once ON ledger_records", "DROP FUNCTION refuse_once()",
+            "DROP SEQUENCE refusals")
+    assert told.seqs == [1] and told.thread != threading.get_ident()
+    loop.until(lambda: loop.appender._conn is not None)
+    assert loop.appender._conn is not first
+    after = submit(committer, "after", epoch_now(committer))
+    loop.until(lambda: after.times)
+    assert after.seqs == [2] and after.thread == threading.get_ident()
+
+
+def test_a_batch_in_flight_past_the_timeout_fails_and_what_waits_goes_to_the_writer(committer, loop):
+    loop.connected()
+    committer.timeout = 0.5
+    epoch = epoch_now(committer)
+    with slow_appends(committer, seconds=1.5):
+        stuck = submit(committer, "stuck", epoch)
+        loop.round(timeout=0)
+        waiting = submit(committer, "waiting", epoch)
+        loop.until(lambda: stuck.times and waiting.times)
+    assert isinstance(stuck.error, CommitFailed) and "within" in str(stuck.error)
+    assert waiting.thread != threading.get_ident() and waiting.times == 1
+
+
+def test_an_item_without_entries_is_told_at_once(committer, loop):
+    loop.connected()
+    told = Told()
+    committer.submit_later(lambda conn, memo: ([], "nothing"), told, prepared=([], "nothing"),
+                           epoch=epoch_now(committer))
+    loop.round(timeout=0)
+    assert told.value == ([], "nothing") and loop.appender._in_flight is None
+
+
+def test_an_outcome_someone_waits_on_is_never_the_loops(committer, loop):
+    """Whoever waits on a Waiter made on the loop's thread is that thread: the loop would never run."""
+    loop.connected()
+    waiter, entries = Waiter(), [Entry("test", {"n": 1})]
+    committer.submit_later(lambda conn, memo: (entries, "w"), waiter, prepared=(entries, "w"),
+                           epoch=epoch_now(committer))
+    records, result = waiter.result(10)  # no loop round in between
+    assert result == "w" and records[0].seq == 1
