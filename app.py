@@ -95,8 +95,6 @@ def _configure(app: Flask, overrides: dict) -> None:
     for key, low in (("RETENTION_DAYS", 1), ("CHECKPOINT_EVERY", 1), ("CHECKPOINT_SECONDS", 1),
                      ("PURGE_INTERVAL_HOURS", 0), ("DETECT_SECONDS", 0), ("MFA_MAX_FAILURES", 1)):
         app.config[key] = _whole_number(key, app.config[key], low)
-    if app.config["DATABASE_URL"].startswith("sqlite:///"):
-        Path(app.config["DATABASE_URL"].removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _whole_number(key: str, value, low: int) -> int:
@@ -240,10 +238,14 @@ def db_upgrade(revision: str) -> None:
 
 
 def upgrade_database(url: str, revision: str = "head") -> None:
-    """Run Alembic's upgrade against `url`."""
+    """Run Alembic's upgrade against `url` (a SQLite file is made here, and its folder)."""
     from alembic import command
 
+    from audit.db import sqlite_file
     from migrations import alembic_config
+
+    if (path := sqlite_file(url)) is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
 
     command.upgrade(alembic_config(url), revision)
 
@@ -426,6 +428,10 @@ def database_problem(exc: Exception) -> str:
     if isinstance(exc, (ArgumentError, NoSuchModuleError)) or isinstance(getattr(exc, "orig", None), ValueError):
         return (f"WARDEN_DATABASE_URL is not a database URL Warden can use ({detail}); use "
                 "sqlite:///path/to/warden.db or postgresql+psycopg://user@host:5432/dbname")
+    from audit.db import missing_sqlite_file
+
+    if url and (path := missing_sqlite_file(url)) is not None:
+        return f"there is no SQLite database at {path}: run `warden db upgrade` first (it makes one)"
     missing = ("no such table", "no such column", "does not exist", "undefined")
     if any(word in detail.lower() for word in missing) and "database" not in detail.lower():
         return f"{where} has no Warden schema, or an older one ({detail}): run `warden db upgrade` first"

@@ -1,5 +1,8 @@
 """The shared SQLAlchemy metadata and the engine factory every Warden process uses."""
 
+import os
+from urllib.parse import quote
+
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
@@ -30,8 +33,10 @@ _DRIVERS = {"sqlite": "sqlite", "sqlite+pysqlite": "sqlite", "postgresql+psycopg
             "postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
 
 
-def make_engine(url: str, **kwargs) -> Engine:
+def make_engine(url: str, *, create: bool = False, **kwargs) -> Engine:
     """Return an engine for `url`; SQLite gets WAL, full fsync and write-locking transactions.
+    A SQLite file is opened, never made, unless `create` (migrations): a mistyped path then fails
+    (`sqlite3.OperationalError`, see `missing_sqlite_file`) instead of leaving an empty database behind.
     Raises ArgumentError for a URL that names another database or driver."""
     parsed = make_url(url)
     driver = _DRIVERS.get(parsed.drivername)
@@ -39,6 +44,9 @@ def make_engine(url: str, **kwargs) -> Engine:
         raise ArgumentError(f"Warden runs on SQLite or on PostgreSQL through psycopg 3, not {parsed.drivername!r}")
     url = parsed.set(drivername=driver)
     if driver == "sqlite":
+        path = sqlite_file(url)
+        if path is not None and not create:
+            url = url.set(database=f"file:{quote(os.path.abspath(path))}", query={**url.query, "mode": "rw", "uri": "true"})
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         _configure_sqlite(engine)
         return engine
@@ -48,6 +56,21 @@ def make_engine(url: str, **kwargs) -> Engine:
     kwargs.setdefault("pool_size", 20)
     kwargs.setdefault("max_overflow", 20)
     return create_engine(url, **kwargs)
+
+
+def sqlite_file(url) -> str | None:
+    """The file a SQLite URL names, or None (another database, memory, or a URI form already)."""
+    url = make_url(url)
+    path = url.database
+    if _DRIVERS.get(url.drivername) != "sqlite" or not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return path
+
+
+def missing_sqlite_file(url: str) -> str | None:
+    """The path of the SQLite file `url` names when there is none, else None."""
+    path = sqlite_file(url)
+    return path if path is not None and not os.path.exists(path) else None
 
 
 def _configure_sqlite(engine: Engine) -> None:

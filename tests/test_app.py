@@ -1,6 +1,7 @@
 """The app factory: configuration from the environment, refused clearly when wrong."""
 
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -81,6 +82,7 @@ def _warden(tmp_path, url: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("url,expected", [
     ("sqlite:///{tmp}/never-migrated.db", "has no Warden schema, or an older one (no such table"),
+    ("sqlite:///{tmp}/mistyped/warden.db", "there is no SQLite database at"),
     ("bogus://somewhere", "WARDEN_DATABASE_URL is not a database URL Warden can use"),
     ("mysql://somewhere/db", "Warden runs on SQLite or on PostgreSQL through psycopg 3, not 'mysql'"),
     ("postgresql+psycopg://nobody@127.0.0.1:1/none", "cannot use the database at"),
@@ -88,12 +90,22 @@ def _warden(tmp_path, url: str, *args: str) -> subprocess.CompletedProcess:
 def test_database_problems_are_one_line_not_a_traceback(tmp_path, url, expected):
     # Each run starts a Python with the whole app (about 2 s): one command, and serve for the first.
     commands = [["serve", "--port", "1"], ["audit", "verify"]] if url.startswith("sqlite") else [["policy", "export"]]
+    if "never-migrated" in url:
+        sqlite3.connect(tmp_path / "never-migrated.db").close()  # a database, but not Warden's
     for args in commands:
         result = _warden(tmp_path, url.format(tmp=tmp_path), *args)
         assert result.returncode == 1, result.stderr
         assert expected in result.stderr and "Traceback" not in result.stderr
     if url.startswith("sqlite"):
         assert "run `warden db upgrade` first" in result.stderr
+    assert not (tmp_path / "mistyped").exists()  # a mistyped path leaves nothing behind
+
+
+def test_db_upgrade_makes_the_sqlite_file_and_its_folder(tmp_path):
+    url = f"sqlite:///{tmp_path}/new/folder/warden.db"
+    assert _warden(tmp_path, url, "db", "upgrade").returncode == 0
+    result = _warden(tmp_path, url, "audit", "verify")
+    assert result.returncode == 0 and "INTACT" in result.stdout
 
 
 @pytest.mark.parametrize("url", ["postgresql://u@h/d", "postgres://u@h/d", "postgresql+psycopg://u@h/d"])
