@@ -71,11 +71,19 @@ def create_app(config: dict | None = None) -> Flask:
     return app
 
 
+def database_url(instance: Path | None = None) -> str:
+    """WARDEN_DATABASE_URL, else the SQLite file in the instance folder (Flask's, unless given)."""
+    if url := os.environ.get("WARDEN_DATABASE_URL"):
+        return url
+    instance = instance if instance is not None else Path(Flask(__name__).instance_path)
+    return f"sqlite:///{instance / 'warden.db'}"
+
+
 def _configure(app: Flask, overrides: dict) -> None:
     env = os.environ
     instance = Path(overrides.get("INSTANCE_PATH", app.instance_path))
     app.config.update(
-        DATABASE_URL=env.get("WARDEN_DATABASE_URL") or f"sqlite:///{instance / 'warden.db'}",
+        DATABASE_URL=database_url(instance),
         KEY_DIR=env.get("WARDEN_KEY_DIR") or str(instance / "keys"),
         MASTER_KEYS=env.get("WARDEN_MASTER_KEYS"),
         LOG_DIR=env.get("WARDEN_LOG_DIR") or str(instance / "logs"),
@@ -244,10 +252,18 @@ def upgrade_database(url: str, revision: str = "head") -> None:
     from audit.db import sqlite_file
     from migrations import alembic_config
 
-    if (path := sqlite_file(url)) is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    from sqlalchemy.exc import OperationalError
 
-    command.upgrade(alembic_config(url), revision)
+    path = sqlite_file(url)
+    try:
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        command.upgrade(alembic_config(url), revision)
+    except (OSError, OperationalError) as exc:
+        if path is None or (isinstance(exc, OperationalError) and os.path.exists(path)):
+            raise  # not about making the file: main() says what it is
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise click.ClickException(f"cannot make a SQLite database at {os.path.abspath(path)}: {detail}") from exc
 
 
 def _safe_url(url: str) -> str:
@@ -424,14 +440,16 @@ def database_problem(exc: Exception) -> str:
 
     url = os.environ.get("WARDEN_DATABASE_URL")
     where = f"the database at {_safe_url(url)}" if url and "://" in url else "the database"
+    url = url or database_url()
     detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     if isinstance(exc, (ArgumentError, NoSuchModuleError)) or isinstance(getattr(exc, "orig", None), ValueError):
         return (f"WARDEN_DATABASE_URL is not a database URL Warden can use ({detail}); use "
                 "sqlite:///path/to/warden.db or postgresql+psycopg://user@host:5432/dbname")
     from audit.db import missing_sqlite_file
 
-    if url and (path := missing_sqlite_file(url)) is not None:
-        return f"there is no SQLite database at {path}: run `warden db upgrade` first (it makes one)"
+    if "://" in url and (path := missing_sqlite_file(url)) is not None:
+        return (f"there is no SQLite database at {os.path.abspath(path)}: run `warden db upgrade` first "
+                "(it makes one)")
     missing = ("no such table", "no such column", "does not exist", "undefined")
     if any(word in detail.lower() for word in missing) and "database" not in detail.lower():
         return f"{where} has no Warden schema, or an older one ({detail}): run `warden db upgrade` first"

@@ -46,7 +46,8 @@ def make_engine(url: str, *, create: bool = False, **kwargs) -> Engine:
     if driver == "sqlite":
         path = sqlite_file(url)
         if path is not None and not create:
-            url = url.set(database=f"file:{quote(os.path.abspath(path))}", query={**url.query, "mode": "rw", "uri": "true"})
+            url = url.set(database=f"file:{quote(os.path.abspath(path))}",
+                          query={"mode": "rw", **url.query, "uri": "true"})  # a mode the URL gives wins
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         _configure_sqlite(engine)
         return engine
@@ -68,9 +69,18 @@ def sqlite_file(url) -> str | None:
 
 
 def missing_sqlite_file(url: str) -> str | None:
-    """The path of the SQLite file `url` names when there is none, else None."""
+    """The path of the SQLite file `url` names when there is none, else None (also when it cannot be
+    looked at: that is another problem than a missing file)."""
     path = sqlite_file(url)
-    return path if path is not None and not os.path.exists(path) else None
+    if path is None:
+        return None
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return path
+    except OSError:
+        return None
+    return None
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -101,6 +101,46 @@ def test_database_problems_are_one_line_not_a_traceback(tmp_path, url, expected)
     assert not (tmp_path / "mistyped").exists()  # a mistyped path leaves nothing behind
 
 
+def test_without_a_database_url_the_default_file_is_named_when_missing(tmp_path, monkeypatch, capsys):
+    import flask
+
+    import app
+
+    monkeypatch.delenv("WARDEN_DATABASE_URL", raising=False)
+    monkeypatch.setenv("WARDEN_KEY_DIR", str(tmp_path / "keys"))
+    monkeypatch.setattr(flask.Flask, "auto_find_instance_path", lambda self: str(tmp_path / "instance"))
+    monkeypatch.setattr(sys, "argv", ["warden", "audit", "verify"])
+    with pytest.raises(SystemExit) as stopped:
+        app.main()
+    assert stopped.value.code == 1
+    assert (f"there is no SQLite database at {tmp_path / 'instance' / 'warden.db'}: run `warden db upgrade` first"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "instance").exists()
+
+
+def test_a_sqlite_file_that_cannot_be_looked_at_is_not_called_missing(tmp_path):
+    from audit.db import missing_sqlite_file
+
+    assert missing_sqlite_file(f"sqlite:///{tmp_path}/absent.db") == f"{tmp_path}/absent.db"
+    (tmp_path / "afile").write_text("")
+    assert missing_sqlite_file(f"sqlite:///{tmp_path}/afile/warden.db") is None  # ENOTDIR: not "missing"
+    assert missing_sqlite_file("sqlite://") is None and missing_sqlite_file("postgresql://h/d") is None
+
+
+def test_db_upgrade_that_cannot_make_the_file_says_so_in_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    result = _warden(tmp_path, f"sqlite:///{tmp_path}/afile/warden.db", "db", "upgrade")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"cannot make a SQLite database at {tmp_path}/afile/warden.db" in result.stderr
+
+
+def test_a_mode_the_sqlite_url_gives_is_kept(tmp_path):
+    from audit.db import make_engine
+
+    assert make_engine(f"sqlite:///{tmp_path}/x.db").url.query["mode"] == "rw"
+    assert make_engine(f"sqlite:///{tmp_path}/x.db?mode=ro").url.query["mode"] == "ro"
+
+
 def test_db_upgrade_makes_the_sqlite_file_and_its_folder(tmp_path):
     url = f"sqlite:///{tmp_path}/new/folder/warden.db"
     assert _warden(tmp_path, url, "db", "upgrade").returncode == 0

@@ -162,7 +162,7 @@ def test_a_decision_that_needs_the_database_waits_on_a_pool_thread_not_the_polle
     with socket.create_connection(("127.0.0.1", port), timeout=10) as kept:
         kept.sendall(request_bytes(token, json.dumps(ALLOWED).encode()))
         assert read_answers(kept, 1)[0][0] == 200  # the token is cached now
-        lock = sqlite3.connect(warden.engine.url.database, isolation_level=None, timeout=30)
+        lock = sqlite3.connect(warden.engine.url.database, uri=True, isolation_level=None, timeout=30)
         lock.execute("BEGIN IMMEDIATE")
         try:
             kept.sendall(request_bytes(token, json.dumps({**ALLOWED, "subject": f"new-{uuid.uuid4().hex}"}).encode()))
