@@ -79,7 +79,7 @@ def missing_sqlite_file(url: str) -> str | None:
     except FileNotFoundError:
         return path
     except OSError:
-        return None
+        pass
     return None
 
 

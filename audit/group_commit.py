@@ -196,9 +196,7 @@ class GroupCommitter:
         try:
             done = self._commit_at_once(batch, refused) or self._commit_carefully(batch, refused)
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear of any failure
-            failure = CommitFailed(f"{type(exc).__name__}: {exc}")
-            for item in batch:
-                tell(item.outcome.set_exception, failure)
+            fail_all(batch, exc)
             return
         appended, results = done
         COMMIT_SECONDS.observe(time.perf_counter() - started)
@@ -308,6 +306,13 @@ class _Ticket:
         if not self.used:  # it failed before submitting
             with self.committer._wake:
                 self.committer._arrived(self)
+
+
+def fail_all(items: list["Item"], exc: BaseException) -> None:
+    """Tell every caller of a batch that did not commit (CommitFailed, naming why)."""
+    failure = CommitFailed(f"{type(exc).__name__}: {exc}")
+    for item in items:
+        tell(item.outcome.set_exception, failure)
 
 
 class _Uncounted:

@@ -26,7 +26,7 @@ import psycopg
 from psycopg import pq
 
 from audit.chain import utcnow
-from audit.group_commit import CommitFailed, GroupCommitter, Item, gather, tell
+from audit.group_commit import CommitFailed, GroupCommitter, Item, fail_all, gather, tell
 from audit.ledger import APPEND_CALL, StaleEpoch, appended_on_server, server_batch
 from audit.metrics import BATCH_SIZE, COMMIT_SECONDS
 
@@ -88,7 +88,7 @@ class LoopCommitter:
         answered. Without a connection, or with entries made for different epochs, the writer thread
         appends them. Called every round, it also reconnects, and gives up on a batch in flight for
         longer than the committer's timeout (a connection gone silent)."""
-        if self._conn is None and not self._connecting:
+        if self._conn is None:
             self._connect_soon()
         if self._in_flight is not None:
             if time.perf_counter() - self._in_flight[3] > self.committer.timeout:
@@ -193,7 +193,7 @@ class LoopCommitter:
             self._hand_over(items)  # appended nothing: the writer makes them again from fresh state
             return
         except Exception as exc:  # noqa: BLE001 - committed, but what landed where is unreadable
-            self._fail(items, exc)
+            fail_all(items, exc)
             return
         COMMIT_SECONDS.observe(time.perf_counter() - started)
         BATCH_SIZE.observe(len(appended))
@@ -209,12 +209,6 @@ class LoopCommitter:
             except Exception as exc:  # noqa: BLE001 - closed, or no thread to be had: a deny, not a silence
                 tell(item.outcome.set_exception, exc if isinstance(exc, CommitFailed) else CommitFailed(str(exc)))
 
-    @staticmethod
-    def _fail(items: list[Item], exc: BaseException) -> None:
-        failure = CommitFailed(f"{type(exc).__name__}: {exc}")
-        for item in items:
-            tell(item.outcome.set_exception, failure)
-
     def _lost(self, exc: BaseException) -> None:
         """The connection failed: fail the batch in flight (whether it committed is unknown) and let the
         writer thread take the rest until a new connection is up."""
@@ -222,7 +216,7 @@ class LoopCommitter:
         in_flight, self._in_flight, self._results = self._in_flight, None, []
         self._disconnect()
         if in_flight is not None:
-            self._fail(in_flight[0], exc)
+            fail_all(in_flight[0], exc)
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
@@ -285,5 +279,5 @@ class LoopCommitter:
         self.committer.attach_loop(None)
         queued, self._queued = self._queued, []
         in_flight, self._in_flight = self._in_flight, None
-        self._fail(queued + (in_flight[0] if in_flight else []), CommitFailed("the worker stopped"))
+        fail_all(queued + (in_flight[0] if in_flight else []), CommitFailed("the worker stopped"))
         self._disconnect()
