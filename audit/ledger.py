@@ -153,8 +153,8 @@ class Ledger:
         extra = ""
         if with_columns:
             # created_at as the text the hashed body holds, so verification compares strings.
-            created = ("to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-                       if conn.dialect.name == "postgresql" else "replace(created_at, ' ', 'T') || 'Z'")
+            created = (CREATED_AT_TEXT_POSTGRES if conn.dialect.name == "postgresql"
+                       else "replace(created_at, ' ', 'T') || 'Z'")
             extra = ", " + ", ".join((created, *REPEATED_COLUMNS[1:]))
         sql = (f"SELECT seq, prev_hash, hash, kind, body{extra} FROM ledger_records WHERE seq > {mark}"
                + (f" AND seq <= {mark}" if upto_seq is not None else "") + " ORDER BY seq")
@@ -175,6 +175,10 @@ class Ledger:
 
 # Columns that repeat what the hashed body says (for search and retention).
 REPEATED_COLUMNS = ("created_at", "decision_id", "subject", "domain", "object", "action", "allowed")
+# The repeated columns a record of each kind must fill (any other may be NULL).
+REQUIRED_COLUMNS = {"decision": frozenset(REPEATED_COLUMNS[1:]), "outcome": frozenset({"decision_id"})}
+# created_at as the text a record's body holds (ISO 8601, microseconds, Z), on Postgres.
+CREATED_AT_TEXT_POSTGRES = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 _NO_INDEX = dict.fromkeys(REPEATED_COLUMNS[1:])
 # The append function of migration 0005, called with (expect_epoch, bump_epoch, time, entries as JSON).
 APPEND_CALL = "SELECT seq, hash, epoch FROM warden_ledger_append($1::bigint, $2::boolean, $3::timestamptz, $4::jsonb)"

@@ -1,0 +1,221 @@
+"""Verifying the chain on Postgres a block of rows at a time, from the text of a COPY.
+
+The row-by-row `Walk` in audit.verify is the reference for every rule. A block
+is passed here only when each of its rows is plainly one the walk would pass; any
+other block (an escape, a NULL where none belongs, a tampered row) goes to the
+walk, which names its first failure as it always does. Checking whole columns with
+C-level passes instead of one interpreted step per field is what lets a single
+verifier keep up with what Postgres streams.
+"""
+
+import hashlib
+import re
+import select
+from collections.abc import Iterator
+from itertools import compress
+from operator import contains, not_
+from typing import TYPE_CHECKING
+
+from audit.ledger import CREATED_AT_TEXT_POSTGRES, REPEATED_COLUMNS, REQUIRED_COLUMNS
+
+if TYPE_CHECKING:
+    from audit.verify import Walk
+
+# The columns a block holds, in the order of the COPY.
+_COLUMNS = ("seq", "prev_hash", "hash", "kind", "body", *REPEATED_COLUMNS)
+_KEYED = _COLUMNS[6:11]  # repeated text columns, checked as `"key":"value"` in the body
+_NULL = "\\N"
+_UNSAFE = re.compile(r'["\\\x00-\x1f]')  # what JSON would escape, or COPY would write as an escape
+_ALLOWED = {"t": '"allowed":true', "f": '"allowed":false', _NULL: ""}
+_ESCAPES = {"\\": "\\", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+_ESCAPE = re.compile(r"\\(.)")
+
+BLOCK_ROWS = 200  # small enough that a block's bodies stay in the CPU's cache across the column passes
+
+
+def copy_statement(after_seq: int) -> str:
+    """The COPY that streams every column verification reads, for records after `after_seq`."""
+    columns = ", ".join(CREATED_AT_TEXT_POSTGRES if c == "created_at" else c for c in _COLUMNS)
+    return f"COPY (SELECT {columns} FROM ledger_records WHERE seq > {int(after_seq)} ORDER BY seq) TO STDOUT"
+
+
+def copy_blocks(dbapi_connection, after_seq: int, block_rows: int = BLOCK_ROWS) -> Iterator[str]:
+    """Yield the rows after `after_seq` as blocks of COPY text (a line per row), inside the connection's
+    transaction.
+
+    Drives libpq directly: psycopg's Copy costs a generator round per row, as much
+    as the checks themselves. Waits for data with select(), so other threads run
+    meanwhile. Closing the generator early cancels the COPY.
+    """
+    pgconn = dbapi_connection.pgconn
+    if pgconn.parameter_status(b"client_encoding") != b"UTF8":
+        raise ValueError("block verification reads COPY text as UTF-8")
+    pgconn.send_query(copy_statement(after_seq).encode())
+    _wait_for_result(pgconn)
+    result = pgconn.get_result()
+    if result is None or result.status != _COPY_OUT:
+        _drain_results(pgconn)
+        raise _error(pgconn, result)
+    copying = True
+    try:
+        get, pending = pgconn.get_copy_data, []
+        while copying:
+            size, data = get(1)
+            if size > 0:
+                pending.append(data)
+                if len(pending) == block_rows:
+                    yield _text(pending)
+                    pending = []
+            elif size == 0:
+                _readable(pgconn)
+            else:
+                copying = False
+        if pending:
+            yield _text(pending)
+    finally:
+        if copying:  # closed early: stop the server, then read what it had already sent
+            dbapi_connection.cancel_safe()
+            while (size := pgconn.get_copy_data(1)[0]) >= 0:
+                if size == 0:
+                    _readable(pgconn)
+        failure = _drain_results(pgconn)
+    if failure is not None:
+        raise _error(pgconn, failure)
+
+
+def block_holds(text: str, walk: "Walk") -> bool:
+    """Move `walk` past the rows of COPY `text` and return True when every one plainly holds; else
+    return False with `walk` untouched (then hand the block to `walk.rows(parse_rows(text))`)."""
+    if "\\" in text and text.count("\\") != text.count("\t" + _NULL):
+        return False  # a value needs unescaping: only NULL markers are let through here
+    # COPY escapes tabs and newlines inside values, so every row has exactly its fields. One split and a
+    # slice per column keep the objects the garbage collector tracks to a few per block, not one per row.
+    fields = text.replace("\n", "\t").split("\t")
+    width = len(_COLUMNS)
+    n = len(fields) // width
+    if not n or len(fields) != n * width + 1:
+        return not text
+    seqs, prevs, hashes, kinds, bodies, created, *columns = (fields[i:-1:width] for i in range(width))
+    first = walk.expected_seq
+    last = first + n - 1
+    if last > walk.report.head_seq or seqs != list(map(str, range(first, last + 1))):
+        return False
+    if prevs[0] != walk.prev_hash or prevs[1:] != hashes[:-1]:
+        return False
+    sha256, fromhex = hashlib.sha256, bytes.fromhex
+    try:
+        if [sha256(fromhex(p) + b.encode("utf-8")).hexdigest() for p, b in zip(prevs, bodies)] != hashes:
+            return False
+    except ValueError:
+        return False
+    plain = "\\" not in text  # no escapes and no NULLs: every column is checked for quotes at once
+    if _UNSAFE.search("".join(kinds + created + (sum(columns[:5], []) if plain else []))) \
+            or {len(t) for t in created} != {27}:
+        return False
+    # With kind, seq and time free of quotes, this tail is exactly what the walk reads them from.
+    tails = [',"kind":"' + k + '","seq":' + s + ',"time":"' + t + '"}' for k, s, t in zip(kinds, seqs, created)]
+    if not all(map(str.endswith, bodies, tails)):
+        return False
+    for key, values in zip(_COLUMNS[6:], columns):
+        if _NULL in values and any(v == _NULL and key in REQUIRED_COLUMNS.get(k, ()) for k, v in zip(kinds, values)):
+            return False
+    for key, values in zip(_KEYED, columns):
+        if _NULL in values:
+            if _UNSAFE.search("".join(v for v in values if v != _NULL)):
+                return False
+            members = ["" if v == _NULL else f'"{key}":"{v}"' for v in values]
+        else:
+            if not plain and _UNSAFE.search("".join(values)):
+                return False
+            prefix = f'"{key}":"'
+            members = [prefix + v + '"' for v in values]
+        if not _members_hold(bodies, members):
+            return False
+    members = list(map(_ALLOWED.get, columns[5]))
+    if None in members or not _members_hold(bodies, members):
+        return False
+    passed = _checkpoints_in(walk.checkpoints, first, last, hashes)
+    if passed is None:
+        return False
+    walk.skip(n, hashes[-1], passed)
+    return True
+
+
+def parse_rows(text: str) -> list[tuple]:
+    """The rows of COPY `text` as the walk takes them: seq an int, allowed a bool, NULL None."""
+    return [_parse(line) for line in text.split("\n")[:-1]]
+
+
+def _parse(line: str) -> tuple:
+    fields = [None if f == _NULL else _ESCAPE.sub(_unescape, f) if "\\" in f else f for f in line.split("\t")]
+    if len(fields) != len(_COLUMNS):
+        raise ValueError(f"a COPY line has {len(fields)} fields, not {len(_COLUMNS)}")
+    fields[0] = int(fields[0])
+    fields[-1] = None if fields[-1] is None else fields[-1] == "t"
+    return tuple(fields)
+
+
+def _unescape(match: re.Match) -> str:
+    # Postgres's COPY TO writes only these escapes (never octal or hex ones).
+    return _ESCAPES[match.group(1)]
+
+
+def _members_hold(bodies: tuple[str, ...], members: list[str]) -> bool:
+    """True when each body holds its member (`"key":value`) followed by `,` or `}`, as the walk asks."""
+    held = list(map(contains, bodies, [m + "," if m else m for m in members]))
+    if all(held):
+        return True
+    return all(members[i] + "}" in bodies[i] for i in compress(range(len(held)), map(not_, held)))
+
+
+def _checkpoints_in(checkpoints: dict[int, str], first: int, last: int, hashes: tuple[str, ...]) -> list[int] | None:
+    """The checkpoint seqs in first..last, in order, or None when one names another hash."""
+    if not checkpoints:
+        return []
+    seqs = sorted(s for s in checkpoints if first <= s <= last) if len(checkpoints) < last - first + 1 else \
+        [s for s in range(first, last + 1) if s in checkpoints]
+    if any(checkpoints[s] != hashes[s - first] for s in seqs):
+        return None
+    return seqs
+
+
+def _text(pending: list) -> str:
+    return b"".join(pending).decode("utf-8")
+
+
+def _readable(pgconn) -> None:
+    select.select([pgconn.socket], [], [])
+    pgconn.consume_input()
+
+
+def _wait_for_result(pgconn) -> None:
+    while pgconn.is_busy():
+        _readable(pgconn)
+
+
+def _drain_results(pgconn):
+    """Read results until libpq has no more; return the first error result, if any."""
+    failure = None
+    while True:
+        _wait_for_result(pgconn)
+        result = pgconn.get_result()
+        if result is None:
+            return failure
+        if failure is None and result.status == _FATAL_ERROR:
+            failure = result
+
+
+def _error(pgconn, result) -> Exception:
+    import psycopg
+
+    message = result.error_message.decode("utf-8", "replace") if result is not None else ""
+    return psycopg.DatabaseError(message.strip() or pgconn.error_message.decode("utf-8", "replace").strip())
+
+
+def _statuses():
+    from psycopg import pq
+
+    return pq.ExecStatus.COPY_OUT, pq.ExecStatus.FATAL_ERROR
+
+
+_COPY_OUT, _FATAL_ERROR = _statuses()
