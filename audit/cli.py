@@ -2,6 +2,7 @@
 
 import getpass
 import json
+import os
 import sys
 from datetime import timezone
 from pathlib import Path
@@ -46,7 +47,9 @@ def render_report(report) -> str:
 @click.option("--from-checkpoint", is_flag=True, help="Check only what follows the newest signed checkpoint.")
 @click.option("--checkpoints", "external", type=click.Path(exists=True, path_type=Path),
               help="Also hold the chain to checkpoints exported to this file or directory.")
-def verify_command(as_json: bool, from_checkpoint: bool, external: Path | None) -> None:
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              help="On Postgres, share a long chain among this many processes (default: one per CPU).")
+def verify_command(as_json: bool, from_checkpoint: bool, external: Path | None, processes: int | None) -> None:
     """Walk the hash chain; exit 0 when intact, 1 naming the first broken record."""
     warden = _warden()
     try:
@@ -62,7 +65,8 @@ def verify_command(as_json: bool, from_checkpoint: bool, external: Path | None) 
             bar.update(checked - done[0])
             done[0] = checked
         report = verify_ledger(warden.engine, warden.signer, external=outside,
-                               from_checkpoint=from_checkpoint, progress=progress)
+                               from_checkpoint=from_checkpoint, progress=progress,
+                               processes=processes or os.cpu_count() or 1)
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render_report(report))
     sys.exit(0 if report.ok else 1)
 

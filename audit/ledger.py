@@ -10,6 +10,7 @@ from typing import NamedTuple
 from sqlalchemy import Connection, Engine, insert, select
 
 from audit.chain import canonical_json, chain_hash, record_body, utcnow
+from audit.columns import CREATED_AT_TEXT_POSTGRES, REPEATED_COLUMNS
 from audit.db import READ_ONLY
 from audit.models import LedgerHead, LedgerRecord
 
@@ -173,12 +174,6 @@ class Ledger:
             cursor.close()
 
 
-# Columns that repeat what the hashed body says (for search and retention).
-REPEATED_COLUMNS = ("created_at", "decision_id", "subject", "domain", "object", "action", "allowed")
-# The repeated columns a record of each kind must fill (any other may be NULL).
-REQUIRED_COLUMNS = {"decision": frozenset(REPEATED_COLUMNS[1:]), "outcome": frozenset({"decision_id"})}
-# created_at as the text a record's body holds (ISO 8601, microseconds, Z), on Postgres.
-CREATED_AT_TEXT_POSTGRES = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 _NO_INDEX = dict.fromkeys(REPEATED_COLUMNS[1:])
 # The append function of migration 0005, called with (expect_epoch, bump_epoch, time, entries as JSON).
 APPEND_CALL = "SELECT seq, hash, epoch FROM warden_ledger_append($1::bigint, $2::boolean, $3::timestamptz, $4::jsonb)"

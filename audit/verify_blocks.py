@@ -16,10 +16,10 @@ from itertools import compress
 from operator import contains, not_
 from typing import TYPE_CHECKING
 
-from audit.ledger import CREATED_AT_TEXT_POSTGRES, REPEATED_COLUMNS, REQUIRED_COLUMNS
+from audit.columns import CREATED_AT_TEXT_POSTGRES, REPEATED_COLUMNS, REQUIRED_COLUMNS
 
 if TYPE_CHECKING:
-    from audit.verify import Walk
+    from audit.walk import Walk
 
 # The columns a block holds, in the order of the COPY.
 _COLUMNS = ("seq", "prev_hash", "hash", "kind", "body", *REPEATED_COLUMNS)
@@ -33,14 +33,16 @@ _ESCAPE = re.compile(r"\\(.)")
 BLOCK_ROWS = 200  # small enough that a block's bodies stay in the CPU's cache across the column passes
 
 
-def copy_statement(after_seq: int) -> str:
-    """The COPY that streams every column verification reads, for records after `after_seq`."""
+def copy_statement(after_seq: int, upto_seq: int | None = None) -> str:
+    """The COPY that streams every column verification reads, for after_seq < seq (<= upto_seq)."""
     columns = ", ".join(CREATED_AT_TEXT_POSTGRES if c == "created_at" else c for c in _COLUMNS)
-    return f"COPY (SELECT {columns} FROM ledger_records WHERE seq > {int(after_seq)} ORDER BY seq) TO STDOUT"
+    upto = "" if upto_seq is None else f" AND seq <= {int(upto_seq)}"
+    return f"COPY (SELECT {columns} FROM ledger_records WHERE seq > {int(after_seq)}{upto} ORDER BY seq) TO STDOUT"
 
 
-def copy_blocks(dbapi_connection, after_seq: int, block_rows: int = BLOCK_ROWS) -> Iterator[str]:
-    """Yield the rows after `after_seq` as blocks of COPY text (a line per row), inside the connection's
+def copy_blocks(dbapi_connection, after_seq: int, upto_seq: int | None = None, *,
+                block_rows: int = BLOCK_ROWS) -> Iterator[str]:
+    """Yield the rows after `after_seq` (up to `upto_seq`) as blocks of COPY text (a line per row), inside the connection's
     transaction.
 
     Drives libpq directly: psycopg's Copy costs a generator round per row, as much
@@ -50,7 +52,7 @@ def copy_blocks(dbapi_connection, after_seq: int, block_rows: int = BLOCK_ROWS) 
     pgconn = dbapi_connection.pgconn
     if pgconn.parameter_status(b"client_encoding") != b"UTF8":
         raise ValueError("block verification reads COPY text as UTF-8")
-    pgconn.send_query(copy_statement(after_seq).encode())
+    pgconn.send_query(copy_statement(after_seq, upto_seq).encode())
     _wait_for_result(pgconn)
     result = pgconn.get_result()
     if result is None or result.status != _COPY_OUT:

@@ -4,12 +4,14 @@
     python bench/verify.py --database-url postgresql+psycopg://postgres@127.0.0.1/warden_bench_verify
 
 Fills an empty database with --records decision-sized records (once; rerun to
-reuse them), then times (1) fetching every row through the same server-side
-cursor and doing nothing with it, and (2) full verification: the hash of each
-record, its link, its seq and kind, and the columns that repeat the body. Prints both rates and their ratio.
+reuse them), then times (1) fetching every row through a server-side cursor and doing
+nothing with it, and (2) full verification (the hash of each record, its link,
+its seq and kind, and the columns that repeat the body) in one process and as
+`warden audit verify` runs it, one process per CPU. Prints the rates and ratios.
 """
 
 import argparse
+import os
 import uuid
 import tempfile
 import time
@@ -34,6 +36,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--records", type=int, default=300_000)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="as `warden audit verify --processes` (default: one per CPU, as the CLI)")
     args = parser.parse_args()
     upgrade_database(args.database_url)
     app = create_app({"DATABASE_URL": args.database_url, "KEY_DIR": tempfile.mkdtemp()})
@@ -56,13 +60,17 @@ def main() -> None:
         with closing(warden.ledger.records(conn, with_columns=True)) as rows:
             count = sum(1 for _ in rows)
         raw = count / (time.perf_counter() - start)
-    start = time.perf_counter()
-    report = verify_ledger(warden.engine, warden.signer)
-    rate = report.checked / (time.perf_counter() - start)
-    print(f"records: {count}, verify ok={report.ok}")
-    print(f"raw SELECT of the same rows: {raw:>10.0f} records/s")
-    print(f"warden audit verify:         {rate:>10.0f} records/s")
-    print(f"ratio verify/raw: {rate / raw:.2f}")
+    rates = {}
+    for processes in (1, args.processes):
+        start = time.perf_counter()
+        report = verify_ledger(warden.engine, warden.signer, processes=processes)
+        rates[processes] = report.checked / (time.perf_counter() - start)
+        assert report.ok, report.first_failure
+    print(f"records: {count}, verify ok")
+    print(f"raw SELECT of the same rows:           {raw:>10.0f} records/s")
+    print(f"verify in one process:                 {rates[1]:>10.0f} records/s")
+    print(f"warden audit verify ({args.processes} processes):     {rates[args.processes]:>10.0f} records/s")
+    print(f"ratio verify/raw: {rates[args.processes] / raw:.2f} (one process: {rates[1] / raw:.2f})")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from audit.chain import GENESIS_HASH, chain_hash
 from audit.checkpoints import export_checkpoint, read_checkpoint_files
 from audit.ledger import Entry
 from audit.signing import KeyDirError, LedgerSigner
-from audit.verify import BAD_CHECKPOINT, REWRITTEN, TAIL_CUT
+from audit.walk import BAD_CHECKPOINT, REWRITTEN, TAIL_CUT
 from tests.conftest import ledger_rows, tamper
 
 

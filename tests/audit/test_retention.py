@@ -8,7 +8,7 @@ from freezegun import freeze_time
 from audit.chain import utcnow
 from audit.ledger import Entry
 from audit.retention import purge_ledger
-from audit.verify import BAD_SEAL
+from audit.walk import BAD_SEAL
 from tests.conftest import ledger_rows, tamper
 
 

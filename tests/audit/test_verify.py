@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from audit.chain import GENESIS_HASH, chain_hash, record_body, utcnow
 from audit.ledger import Entry
-from audit.verify import BEYOND_HEAD, BROKEN_LINK, MISSING, MODIFIED, OUT_OF_ORDER, TAIL_CUT, verify_rows
+from audit.walk import BEYOND_HEAD, BROKEN_LINK, MISSING, MODIFIED, OUT_OF_ORDER, TAIL_CUT, verify_rows
 from tests.conftest import ledger_rows, tamper
 
 

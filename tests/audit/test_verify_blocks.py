@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from audit.chain import GENESIS_HASH, chain_hash, format_time, record_body
 from audit.db import READ_ONLY
 from audit.ledger import Entry
-from audit.verify import MODIFIED, Walk
+from audit.walk import MODIFIED, Walk
 from audit.verify_blocks import block_holds, copy_blocks, parse_rows
 from tests.conftest import tamper
 
@@ -210,3 +210,59 @@ def test_walk_skip_reports_progress_when_it_crosses_ten_thousand():
     for _ in range(150):
         walk.skip(200, "h", [])
     assert seen == [10_000, 20_000, 30_000] and replace(walk.report).checked == 30_000
+
+
+# --- several processes, one range each ---------------------------------------------------------
+
+def _chain_of(warden, n: int) -> None:
+    warden.ledger.record(*[Entry("test", {"n": i}) for i in range(n)])
+
+
+_TAMPERS = {
+    "intact": None,
+    "edit in a helper's range": "UPDATE ledger_records SET body = replace(body, 'test', 'tost') WHERE seq = 1700",
+    "delete at a range's start": "DELETE FROM ledger_records WHERE seq = 1001",
+    "delete at a range's end": "DELETE FROM ledger_records WHERE seq = 2000",
+    "cut the tail": "DELETE FROM ledger_records WHERE seq > 2900",
+    "relink a range's first record": "UPDATE ledger_records SET prev_hash = repeat('a', 64) WHERE seq = 2001",
+    "edit in the parent's range": "UPDATE ledger_records SET kind = 'x' WHERE seq = 10",
+}
+
+
+@on_postgres
+@pytest.mark.parametrize("tamper_sql", list(_TAMPERS.values()), ids=list(_TAMPERS))
+def test_ranges_in_helper_processes_give_the_single_walks_report(warden, monkeypatch, tamper_sql):
+    from audit import verify_ranges
+    from audit.verify import verify_ledger
+
+    _chain_of(warden, 3000)
+    warden.checkpoints.create()
+    if tamper_sql:
+        tamper(warden.engine, tamper_sql)
+    single = verify_ledger(warden.engine, warden.signer, processes=1)
+    monkeypatch.setattr(verify_ranges, "MIN_RECORDS_PER_PROCESS", 500)
+    started = []
+    real_start = verify_ranges._start
+    monkeypatch.setattr(verify_ranges, "_start", lambda *a: started.append(a[2:4]) or real_start(*a))
+    outcomes, real_outcome = [], verify_ranges._outcome
+    monkeypatch.setattr(verify_ranges, "_outcome", lambda helper: outcomes.append(real_outcome(helper)) or outcomes[-1])
+    shared = verify_ledger(warden.engine, warden.signer, processes=3)
+    assert started == [(1000, 2000), (2000, None)]
+    if tamper_sql is None:  # the helpers' ranges were taken from them, not walked again
+        assert [o["checked"] for o in outcomes] == [1000, 1000]
+    assert shared.as_dict() == single.as_dict()
+    assert shared.ok == (tamper_sql is None) and (not shared.ok or shared.checked == 3000)
+
+
+@on_postgres
+def test_a_helper_that_fails_leaves_its_range_to_the_parent(warden, monkeypatch):
+    from audit import verify_ranges
+    from audit.verify import verify_ledger
+
+    _chain_of(warden, 1200)
+    monkeypatch.setattr(verify_ranges, "MIN_RECORDS_PER_PROCESS", 500)
+    real_start = verify_ranges._start
+    monkeypatch.setattr(verify_ranges, "_start",
+                        lambda kwargs, *rest: real_start({**kwargs, "dbname": "no_such_database"}, *rest))
+    report = verify_ledger(warden.engine, warden.signer, processes=2)
+    assert report.ok and report.checked == 1200
