@@ -266,3 +266,9 @@ def test_a_helper_that_fails_leaves_its_range_to_the_parent(warden, monkeypatch)
                         lambda kwargs, *rest: real_start({**kwargs, "dbname": "no_such_database"}, *rest))
     report = verify_ledger(warden.engine, warden.signer, processes=2)
     assert report.ok and report.checked == 1200
+
+
+@given(st.text() | st.text(alphabet=st.characters(max_codepoint=0x7f)))
+def test_the_ascii_shortcut_finds_what_the_pattern_finds(text):
+    from audit.verify_blocks import _UNSAFE, _unsafe
+    assert _unsafe(text) == (_UNSAFE.search(text) is not None)
