@@ -16,7 +16,7 @@ from itertools import chain
 from operator import add, contains
 from typing import TYPE_CHECKING
 
-from audit.columns import CREATED_AT_TEXT_POSTGRES, REPEATED_COLUMNS, REQUIRED_COLUMNS
+from audit.columns import CREATED_AT_TEXT_POSTGRES, FILLED_COLUMNS, REPEATED_COLUMNS
 
 if TYPE_CHECKING:
     from audit.walk import Walk
@@ -120,9 +120,12 @@ def block_holds(text: str, walk: "Walk") -> bool:
     tails = [',"kind":"' + k + '","seq":' + s + ',"time":"' + t + '"}' for k, s, t in zip(kinds, seqs, created)]
     if not all(map(str.endswith, bodies, tails)):
         return False
-    for key, values in zip(_COLUMNS[6:], columns):
-        if _NULL in values and any(v == _NULL and key in REQUIRED_COLUMNS.get(k, ()) for k, v in zip(kinds, values)):
+    if set(kinds) == {"decision"}:  # the common block: every column filled
+        if any(_NULL in values for values in columns):
             return False
+    elif any([v == _NULL for v in values] != [key not in FILLED_COLUMNS.get(k, ()) for k in kinds]
+             for key, values in zip(_COLUMNS[6:], columns)):
+        return False
     members = {}  # per column, each body's `"key":value,` ("" for NULL: nothing to hold)
     for key, values in zip(_KEYED, columns):
         if _NULL in values:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 from audit.chain import GENESIS_HASH, canonical_json
-from audit.columns import REQUIRED_COLUMNS
+from audit.columns import FILLED_COLUMNS
 
 # Kinds of failure, as `warden audit verify` names them.
 MODIFIED = "modified"                # the stored hash is not the hash of the stored bytes
@@ -79,17 +79,19 @@ _DATA_KEYS = ("decision_id", "subject", "domain", "object", "action", "allowed")
 def _repeated_column_problem(body: str, kind: str, columns: list) -> str | None:
     """The name of the first column that disagrees with the (verified, canonical) body, or None.
 
-    Canonical data has sorted keys and no unescaped quote inside any value Warden
-    writes, so `"key":value,` occurs in the body only where that key stands. This
-    runs for every record, so the common cases avoid json.dumps and strftime.
+    A record fills exactly the columns its kind fills (FILLED_COLUMNS). Canonical data
+    has sorted keys and no unescaped quote inside any value Warden writes, so
+    `"key":value,` occurs in the body only where that key stands. This runs for
+    every record, so the common cases avoid json.dumps and strftime.
     """
     created_at, *values = columns
     if created_at is not None and created_at != body[-29:-2]:  # both ISO 8601 text, as hashed
         return "created_at"
+    filled = FILLED_COLUMNS.get(kind, ())
     for key, value in zip(_DATA_KEYS, values):
+        if (value is None) == (key in filled):
+            return key  # blanked, or set on a record that never fills it
         if value is None:
-            if key in REQUIRED_COLUMNS.get(kind, ()):
-                return key  # blanked: a decision fills them all, an outcome its decision_id
             continue
         if key == "allowed":
             fragment = '"allowed":true' if value else '"allowed":false'

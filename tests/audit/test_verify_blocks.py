@@ -109,6 +109,22 @@ def test_an_edited_column_fails_the_block_and_the_walk_names_it(column, value):
     assert (walk.report.first_failure.seq, walk.report.first_failure.kind) == (3, MODIFIED)
 
 
+@pytest.mark.parametrize("row,column,value", [
+    (1, 7, "alice"),   # an outcome names its decision only
+    (2, 6, "d-1"),     # a policy change fills no column
+    (2, 7, "bob"),     # ... not even with a value its body holds, nested
+])
+def test_a_column_set_on_a_record_that_never_fills_it_is_found(row, column, value):
+    rows = chain_rows([decision(1), ("outcome", {"decision_id": "d-1", "status": "ok"}, {"decision_id": "d-1"}),
+                       ("policy.change", {"by": {"subject": "bob"}}, {})])
+    rows[row][column] = value
+    head = (3, rows[-1][2])
+    walk = Walk(head)
+    assert not block_holds(copy_text(rows), walk)
+    assert not walk.rows(parse_rows(copy_text(rows)))
+    assert (walk.report.first_failure.seq, walk.report.first_failure.kind) == (row + 1, MODIFIED)
+
+
 _TEXT = st.text(alphabet=st.sampled_from('ab"\\\t\n\x01N,:}{é\u2028'), max_size=6)
 
 
