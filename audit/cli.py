@@ -48,7 +48,8 @@ def render_report(report) -> str:
 @click.option("--checkpoints", "external", type=click.Path(exists=True, path_type=Path),
               help="Also hold the chain to checkpoints exported to this file or directory.")
 @click.option("--processes", type=click.IntRange(min=1), default=None,
-              help="On Postgres, share a long chain among this many processes (default: one per CPU).")
+              help="On Postgres, share a long chain among up to this many processes, each taking "
+                   "100,000 records or more (default: one per usable CPU).")
 def verify_command(as_json: bool, from_checkpoint: bool, external: Path | None, processes: int | None) -> None:
     """Walk the hash chain; exit 0 when intact, 1 naming the first broken record."""
     warden = _warden()
@@ -66,9 +67,14 @@ def verify_command(as_json: bool, from_checkpoint: bool, external: Path | None, 
             done[0] = checked
         report = verify_ledger(warden.engine, warden.signer, external=outside,
                                from_checkpoint=from_checkpoint, progress=progress,
-                               processes=processes or os.cpu_count() or 1)
+                               processes=processes or _usable_cpus())
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render_report(report))
     sys.exit(0 if report.ok else 1)
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @audit_cli.command("checkpoint")

@@ -35,8 +35,9 @@ def walk_blocks(walk: Walk, dbapi_connection, after_seq: int, upto_seq: int | No
 def walk_in_ranges(walk: Walk, dbapi_connection, connect_kwargs: dict, processes: int) -> None:
     """Walk on to the end of the chain, sharing the records after the walk's start among `processes`."""
     after = walk.expected_seq - 1
+    processes = min(processes, (walk.report.head_seq - after) // MIN_RECORDS_PER_PROCESS)
     share = (walk.report.head_seq - after) // max(processes, 1)
-    if processes < 2 or share < MIN_RECORDS_PER_PROCESS:
+    if processes < 2:
         walk_blocks(walk, dbapi_connection, after)
         return
     snapshot = _export_snapshot(dbapi_connection)

@@ -295,3 +295,17 @@ def test_a_helper_that_fails_leaves_its_range_to_the_parent(warden, monkeypatch)
 def test_the_ascii_shortcut_finds_what_the_pattern_finds(text):
     from audit.verify_blocks import _UNSAFE, _unsafe
     assert _unsafe(text) == (_UNSAFE.search(text) is not None)
+
+
+@on_postgres
+def test_more_processes_than_the_chain_can_use_are_not_started(warden, monkeypatch):
+    from audit import verify_ranges
+    from audit.verify import verify_ledger
+
+    _chain_of(warden, 3000)
+    monkeypatch.setattr(verify_ranges, "MIN_RECORDS_PER_PROCESS", 1000)
+    started, real_start = [], verify_ranges._start
+    monkeypatch.setattr(verify_ranges, "_start", lambda *a: started.append(a[2:4]) or real_start(*a))
+    report = verify_ledger(warden.engine, warden.signer, processes=64)
+    assert report.ok and report.checked == 3000
+    assert started == [(1000, 2000), (2000, None)]
