@@ -8,7 +8,8 @@ with its kind.
 from collections.abc import Callable, Iterable
 from contextlib import closing
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import DBAPIError
 
 from audit.chain import GENESIS_HASH
 from audit.checkpoints import Checkpoints, Signed, statement_matches
@@ -16,8 +17,21 @@ from audit.db import READ_ONLY
 from audit.ledger import Ledger
 from audit.models import LedgerHead
 from audit.signing import LedgerSigner
-from audit.verify_ranges import walk_in_ranges
 from audit.walk import BAD_CHECKPOINT, BAD_SEAL, REWRITTEN, UNKNOWN_KEY, Report, Walk
+
+def _walk_on_postgres(walk: Walk, conn: Connection, processes: int) -> None:
+    """Walk on through COPY (see audit.verify_ranges); the driver's errors come out as SQLAlchemy's,
+    as from any other statement."""
+    import psycopg  # only here: SQLite installs may lack it
+
+    from audit.verify_ranges import walk_in_ranges
+
+    try:
+        walk_in_ranges(walk, conn.connection.dbapi_connection,
+                       conn.engine.dialect.create_connect_args(conn.engine.url)[1], processes)
+    except psycopg.Error as exc:
+        raise DBAPIError.instance("COPY ledger_records", None, exc, psycopg.Error) from exc
+
 
 def _signature_problem(signed: Signed, kind: str, signer: LedgerSigner) -> tuple[str, str] | None:
     """Return (failure kind, message) when `signed` is not a valid statement of `kind`, else None."""
@@ -81,8 +95,7 @@ def verify_ledger(engine: Engine, signer: LedgerSigner, *, external: Iterable[Si
         walk = Walk(head, start_seq=start_seq, start_hash=start_hash, checkpoints=checkpoints, report=report,
                     progress=progress)
         if engine.dialect.name == "postgresql":
-            walk_in_ranges(walk, conn.connection.dbapi_connection, engine.dialect.create_connect_args(engine.url)[1],
-                           processes)
+            _walk_on_postgres(walk, conn, processes)
         else:
             with closing(ledger.records(conn, after_seq=start_seq - 1, with_columns=True)) as rows:
                 walk.rows(rows)

@@ -16,6 +16,9 @@ from itertools import chain
 from operator import add, contains
 from typing import TYPE_CHECKING
 
+import psycopg
+from psycopg import pq
+
 from audit.columns import CREATED_AT_TEXT_POSTGRES, FILLED_COLUMNS, REPEATED_COLUMNS
 
 if TYPE_CHECKING:
@@ -42,22 +45,31 @@ def copy_statement(after_seq: int, upto_seq: int | None = None) -> str:
     return f"COPY (SELECT {columns} FROM ledger_records WHERE seq > {int(after_seq)}{upto} ORDER BY seq) TO STDOUT"
 
 
+def verifying_session(dbapi_connection) -> None:
+    """Settle, for the rest of the connection's transaction, what a long verifying read needs:
+    UTF-8 text, and no statement or idle timeout (one COPY spans the whole walk, and a parent
+    waits idle for its helpers)."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET LOCAL client_encoding = 'UTF8'; SET LOCAL statement_timeout = 0; "
+                       "SET LOCAL idle_in_transaction_session_timeout = 0")
+
+
 def copy_blocks(dbapi_connection, after_seq: int, upto_seq: int | None = None, *,
                 block_rows: int = BLOCK_ROWS) -> Iterator[str]:
-    """Yield the rows after `after_seq` (up to `upto_seq`) as blocks of COPY text (a line per row), inside the connection's
-    transaction.
+    """Yield the rows after `after_seq` (up to `upto_seq`) as blocks of COPY text (a line per row),
+    inside the connection's transaction (see `verifying_session` for its settings).
 
     Drives libpq directly: psycopg's Copy costs a generator round per row, as much
-    as the checks themselves. Waits for data with select(), so other threads run
+    as the checks themselves. Waits for data with poll(), so other threads run
     meanwhile. Closing the generator early cancels the COPY.
     """
     pgconn = dbapi_connection.pgconn
     if pgconn.parameter_status(b"client_encoding") != b"UTF8":
-        raise ValueError("block verification reads COPY text as UTF-8")
+        raise ValueError("block verification reads COPY text as UTF-8: run verifying_session first")
     pgconn.send_query(copy_statement(after_seq, upto_seq).encode())
     _wait_for_result(pgconn)
     result = pgconn.get_result()
-    if result is None or result.status != _COPY_OUT:
+    if result is None or result.status != pq.ExecStatus.COPY_OUT:
         _drain_results(pgconn)
         raise _error(pgconn, result)
     copying = True
@@ -203,7 +215,9 @@ def _text(pending: list) -> str:
 
 
 def _readable(pgconn) -> None:
-    select.select([pgconn.socket], [], [])
+    poll = select.poll()  # not select(): a long-lived server may hold descriptors past 1024
+    poll.register(pgconn.socket, select.POLLIN)
+    poll.poll()
     pgconn.consume_input()
 
 
@@ -220,21 +234,19 @@ def _drain_results(pgconn):
         result = pgconn.get_result()
         if result is None:
             return failure
-        if failure is None and result.status == _FATAL_ERROR:
+        if failure is None and result.status == pq.ExecStatus.FATAL_ERROR:
             failure = result
 
 
-def _error(pgconn, result) -> Exception:
-    import psycopg
-
-    message = result.error_message.decode("utf-8", "replace") if result is not None else ""
-    return psycopg.DatabaseError(message.strip() or pgconn.error_message.decode("utf-8", "replace").strip())
-
-
-def _statuses():
-    from psycopg import pq
-
-    return pq.ExecStatus.COPY_OUT, pq.ExecStatus.FATAL_ERROR
-
-
-_COPY_OUT, _FATAL_ERROR = _statuses()
+def _error(pgconn, result) -> psycopg.Error:
+    """The psycopg exception a cursor would have raised for `result` (QueryCanceled for a timeout...)."""
+    if result is None:
+        return psycopg.OperationalError(pgconn.error_message.decode("utf-8", "replace").strip())
+    field = pq.DiagnosticField
+    message = (result.error_field(field.MESSAGE_PRIMARY) or result.error_message).decode("utf-8", "replace")
+    sqlstate = (result.error_field(field.SQLSTATE) or b"").decode("ascii", "replace")
+    try:
+        error_class = psycopg.errors.lookup(sqlstate)
+    except KeyError:
+        error_class = psycopg.DatabaseError
+    return error_class(message.strip())

@@ -248,6 +248,25 @@ _TAMPERS = {
 }
 
 
+def _watch_helpers(monkeypatch, connect=None):
+    """Record the (after, upto) of each helper started and each helper's outcome."""
+    from audit import verify_ranges
+
+    started, outcomes = [], []
+    real_start, real_outcome = verify_ranges._Helper.start.__func__, verify_ranges._Helper.outcome
+
+    def start(cls, connect_kwargs, snapshot, after, upto, walk):
+        started.append((after, upto))
+        return real_start(cls, {**connect_kwargs, **(connect or {})}, snapshot, after, upto, walk)
+
+    def outcome(helper):
+        outcomes.append(real_outcome(helper))
+        return outcomes[-1]
+    monkeypatch.setattr(verify_ranges._Helper, "start", classmethod(start))
+    monkeypatch.setattr(verify_ranges._Helper, "outcome", outcome)
+    return started, outcomes
+
+
 @on_postgres
 @pytest.mark.parametrize("tamper_sql", list(_TAMPERS.values()), ids=list(_TAMPERS))
 def test_ranges_in_helper_processes_give_the_single_walks_report(warden, monkeypatch, tamper_sql):
@@ -262,11 +281,7 @@ def test_ranges_in_helper_processes_give_the_single_walks_report(warden, monkeyp
         tamper(warden.engine, tamper_sql)
     single = verify_ledger(warden.engine, warden.signer, processes=1)
     monkeypatch.setattr(verify_ranges, "MIN_RECORDS_PER_PROCESS", 500)
-    started = []
-    real_start = verify_ranges._start
-    monkeypatch.setattr(verify_ranges, "_start", lambda *a: started.append(a[2:4]) or real_start(*a))
-    outcomes, real_outcome = [], verify_ranges._outcome
-    monkeypatch.setattr(verify_ranges, "_outcome", lambda helper: outcomes.append(real_outcome(helper)) or outcomes[-1])
+    started, outcomes = _watch_helpers(monkeypatch)
     shared = verify_ledger(warden.engine, warden.signer, processes=3)
     assert started == [(1000, 2000), (2000, None)]
     if tamper_sql is None:  # the helpers' ranges were taken from them, not walked again
@@ -278,23 +293,17 @@ def test_ranges_in_helper_processes_give_the_single_walks_report(warden, monkeyp
 
 
 @on_postgres
-def test_a_helper_that_fails_leaves_its_range_to_the_parent(warden, monkeypatch):
+def test_a_helper_that_fails_leaves_its_range_to_the_parent_and_says_so(warden, monkeypatch, caplog):
     from audit import verify_ranges
     from audit.verify import verify_ledger
 
     _chain_of(warden, 1200)
     monkeypatch.setattr(verify_ranges, "MIN_RECORDS_PER_PROCESS", 500)
-    real_start = verify_ranges._start
-    monkeypatch.setattr(verify_ranges, "_start",
-                        lambda kwargs, *rest: real_start({**kwargs, "dbname": "no_such_database"}, *rest))
+    _watch_helpers(monkeypatch, connect={"dbname": "no_such_database"})
     report = verify_ledger(warden.engine, warden.signer, processes=2)
     assert report.ok and report.checked == 1200
-
-
-@given(st.text() | st.text(alphabet=st.characters(max_codepoint=0x7f)))
-def test_the_ascii_shortcut_finds_what_the_pattern_finds(text):
-    from audit.verify_blocks import _UNSAFE, _unsafe
-    assert _unsafe(text) == (_UNSAFE.search(text) is not None)
+    assert "the helper verifying records 601..the end failed" in caplog.text
+    assert "no_such_database" in caplog.text  # its own last words
 
 
 @on_postgres
@@ -304,8 +313,68 @@ def test_more_processes_than_the_chain_can_use_are_not_started(warden, monkeypat
 
     _chain_of(warden, 3000)
     monkeypatch.setattr(verify_ranges, "MIN_RECORDS_PER_PROCESS", 1000)
-    started, real_start = [], verify_ranges._start
-    monkeypatch.setattr(verify_ranges, "_start", lambda *a: started.append(a[2:4]) or real_start(*a))
+    started, _ = _watch_helpers(monkeypatch)
     report = verify_ledger(warden.engine, warden.signer, processes=64)
     assert report.ok and report.checked == 3000
     assert started == [(1000, 2000), (2000, None)]
+
+
+@on_postgres
+def test_a_folder_named_audit_where_verify_runs_cannot_stand_in_for_a_helper(warden, monkeypatch, tmp_path):
+    from audit import verify_ranges
+    from audit.verify import verify_ledger
+
+    fake = tmp_path / "cwd" / "audit"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "verify_ranges.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('fooled')\n")
+    monkeypatch.chdir(tmp_path / "cwd")
+    _chain_of(warden, 1200)
+    monkeypatch.setattr(verify_ranges, "MIN_RECORDS_PER_PROCESS", 500)
+    started, outcomes = _watch_helpers(monkeypatch)
+    assert verify_ledger(warden.engine, warden.signer, processes=2).ok
+    assert not (tmp_path / "ran").exists() and outcomes[0]["checked"] == 600
+
+
+@on_postgres
+def test_timeouts_and_a_latin1_client_encoding_do_not_stop_a_long_walk(warden, monkeypatch):
+    from sqlalchemy import create_engine
+
+    from audit import verify_ranges
+    from audit.verify import verify_ledger
+
+    _chain_of(warden, 20_000)
+    strict = create_engine(warden.engine.url, connect_args={
+        "options": "-c statement_timeout=50 -c idle_in_transaction_session_timeout=50 -c client_encoding=LATIN1"})
+    try:
+        assert verify_ledger(strict, warden.signer).ok
+        monkeypatch.setattr(verify_ranges, "MIN_RECORDS_PER_PROCESS", 5000)
+        _, outcomes = _watch_helpers(monkeypatch)
+        report = verify_ledger(strict, warden.signer, processes=2)
+        assert report.ok and report.checked == 20_000 and outcomes[0]["checked"] == 10_000
+    finally:
+        strict.dispose()
+
+
+@on_postgres
+def test_a_database_error_mid_walk_is_sqlalchemys_as_from_any_statement(warden, monkeypatch):
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from audit import verify_ranges
+    from audit.verify import verify_ledger
+
+    _chain_of(warden, 10)
+
+    def lost(*args, **kwargs):
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+        yield
+    monkeypatch.setattr(verify_ranges, "copy_blocks", lost)
+    with pytest.raises(OperationalError, match="server closed the connection"):
+        verify_ledger(warden.engine, warden.signer)
+
+
+@given(st.text() | st.text(alphabet=st.characters(max_codepoint=0x7f)))
+def test_the_ascii_shortcut_finds_what_the_pattern_finds(text):
+    from audit.verify_blocks import _UNSAFE, _unsafe
+    assert _unsafe(text) == (_UNSAFE.search(text) is not None)
