@@ -5,6 +5,7 @@ always the Python one; and both must refuse a batch made for an older epoch.
 """
 
 import json
+import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,18 +23,24 @@ values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63) | t
                       | st.floats(allow_nan=False, allow_infinity=False),
                       lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
                       max_leaves=12)
-searchable = st.fixed_dictionaries({}, optional={"subject": texts.filter(lambda t: "\0" not in t),
-                                                 "object": texts.filter(lambda t: "\0" not in t),
-                                                 "allowed": st.booleans()})
+column_texts = texts.filter(lambda t: "\0" not in t)
+fresh_ids = st.builds(lambda: str(uuid.uuid4()))  # unique per (kind, decision_id), across examples too
 
 
 def _entry(kind: str, data: dict, index: dict) -> Entry:
     return Entry(kind, {**data, **index}, index)  # the search columns repeat the body, as verify demands
 
 
-entries = st.lists(st.builds(_entry, st.sampled_from(["test", "policy.change", "ünïcode.kind"]),
-                             st.dictionaries(texts, values, max_size=5), searchable),
-                   min_size=1, max_size=6)
+# Each kind fills its own search columns (audit/columns.py): a decision all six, an outcome its
+# decision_id, anything else none.
+data = st.dictionaries(texts, values, max_size=5)
+entries = st.lists(st.one_of(
+    st.builds(_entry, st.sampled_from(["test", "policy.change", "ünïcode.kind"]), data, st.just({})),
+    st.builds(_entry, st.just("decision"), data, st.fixed_dictionaries({
+        "decision_id": fresh_ids, "subject": column_texts, "domain": column_texts, "object": column_texts,
+        "action": column_texts, "allowed": st.booleans()})),
+    st.builds(_entry, st.just("outcome"), data, st.fixed_dictionaries({"decision_id": fresh_ids}))),
+    min_size=1, max_size=6)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
