@@ -8,11 +8,14 @@ purged since, simply leave the baseline.
 """
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.ensemble import IsolationForest
 
 from detectors.features import FEATURE_NAMES
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import IsolationForest
 
 MIN_EVENTS = 50
 HIGH_QUANTILE = 0.999
@@ -47,18 +50,22 @@ class NotEnoughHistory(Exception):
     """Too few decisions to learn what is usual."""
 
 
-def fit(matrix: np.ndarray, random_state: int) -> IsolationForest:
+def fit(matrix: np.ndarray, random_state: int) -> "IsolationForest":
     """An isolation forest fitted to `matrix` (deterministic for the same rows and seed)."""
+    # Imported here: scikit-learn (and SciPy under it) take seconds to import, which every `warden`
+    # command would pay at start-up, most of them never fitting a forest.
+    from sklearn.ensemble import IsolationForest
+
     return IsolationForest(n_estimators=200, random_state=random_state).fit(matrix)
 
 
-def anomaly_scores(model: IsolationForest, matrix: np.ndarray) -> np.ndarray:
+def anomaly_scores(model: "IsolationForest", matrix: np.ndarray) -> np.ndarray:
     """Higher is stranger (the negated sklearn score, about 0.3–0.8)."""
     return -model.score_samples(matrix) if len(matrix) else np.empty(0)
 
 
 def train(seqs: list[int], matrix: np.ndarray, *, contamination: float, random_state: int,
-          trained_at: str) -> tuple[IsolationForest, Baseline]:
+          trained_at: str) -> tuple["IsolationForest", Baseline]:
     """Fit the baseline; the threshold flags about `contamination` of the training decisions."""
     if len(seqs) < MIN_EVENTS:
         raise NotEnoughHistory(f"{len(seqs)} decision(s) to learn from; at least {MIN_EVENTS} are needed")
