@@ -1,6 +1,6 @@
 """Verifying the chain on Postgres a block of rows at a time, from the text of a COPY.
 
-The row-by-row `Walk` in audit.verify is the reference for every rule. A block
+The row-by-row `Walk` in audit.walk is the reference for every rule. A block
 is passed here only when each of its rows is plainly one the walk would pass; any
 other block (an escape, a NULL where none belongs, a tampered row) goes to the
 walk, which names its first failure as it always does. Checking whole columns with
@@ -199,7 +199,7 @@ def _members_hold(bodies: list[str], members: list[str]) -> bool:
     return all(members[i][:-1] + "}" in bodies[i] for i in range(len(bodies)) if members[i] not in bodies[i])
 
 
-def _checkpoints_in(checkpoints: dict[int, str], first: int, last: int, hashes: tuple[str, ...]) -> list[int] | None:
+def _checkpoints_in(checkpoints: dict[int, str], first: int, last: int, hashes: list[str]) -> list[int] | None:
     """The checkpoint seqs in first..last, in order, or None when one names another hash."""
     if not checkpoints:
         return []
