@@ -201,10 +201,7 @@ def _members_hold(bodies: list[str], members: list[str]) -> bool:
 
 def _checkpoints_in(checkpoints: dict[int, str], first: int, last: int, hashes: list[str]) -> list[int] | None:
     """The checkpoint seqs in first..last, in order, or None when one names another hash."""
-    if not checkpoints:
-        return []
-    seqs = sorted(s for s in checkpoints if first <= s <= last) if len(checkpoints) < last - first + 1 else \
-        [s for s in range(first, last + 1) if s in checkpoints]
+    seqs = [s for s in range(first, last + 1) if s in checkpoints] if checkpoints else []
     if any(checkpoints[s] != hashes[s - first] for s in seqs):
         return None
     return seqs
